@@ -1,0 +1,136 @@
+"""Portable attention forward in Triton language (any recent NVIDIA GPU, CPU interpreter).
+
+One program computes BLOCK_M query rows of one (batch, head): it streams the K/V tiles
+those rows can see, keeps a running row max and row sum (online softmax, base 2), and
+writes O and the natural-log LSE. Interior tiles skip the mask; only edge tiles (causal
+diagonal, window borders, the ragged last key tile) pay for it.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import configs
+from .masking import key_tile_range, visible
+from .tma import tile_descriptor, tma_compatible
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attend_tiles(acc, row_max, row_sum, q, k_desc, v_desc, batch, kv_head,
+                  start, end, rows, diag, left, right, seqlen_q, seqlen_k, qk_scale,
+                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  MASKED: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Online softmax over key tiles [start, end): returns updated (acc, row_max, row_sum)."""
+    for n0 in tl.range(start, end, BLOCK_N):
+        k = k_desc.load([batch, n0, kv_head, 0]).reshape(BLOCK_N, BLOCK_D)
+        v = v_desc.load([batch, n0, kv_head, 0]).reshape(BLOCK_N, BLOCK_D)
+        if DOT_FP32:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        if MASKED:
+            cols = n0 + tl.arange(0, BLOCK_N)
+            s = tl.where(visible(rows, cols, diag, left, right, seqlen_q, seqlen_k), s, -float("inf"))
+        new_max = tl.maximum(row_max, tl.max(s, 1))
+        if MASKED:
+            # A row with nothing visible yet keeps max -inf; subtract 0 so exp2 gives 0, not NaN.
+            new_max_safe = tl.where(new_max == -float("inf"), 0.0, new_max)
+        else:
+            new_max_safe = new_max
+        p = tl.math.exp2(s - new_max_safe[:, None])
+        alpha = tl.math.exp2(row_max - new_max_safe)
+        row_sum = row_sum * alpha + tl.sum(p, 1)
+        p = p.to(v_desc.dtype)  # P is rounded to the input precision, as on the tensor core
+        if DOT_FP32:
+            p = p.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p, v)
+        row_max = new_max
+    return acc, row_max, row_sum
+
+
+@triton.jit
+def attention_fwd_kernel(
+    q_desc, k_desc, v_desc, o_desc, lse_ptr,
+    qk_scale, seqlen_q, seqlen_k, nheads, group_size, diag, left, right,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    REVERSE_M: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    num_m = tl.cdiv(seqlen_q, BLOCK_M)
+    pid_m = tl.program_id(0)
+    if REVERSE_M:  # causal: the longest row blocks start first
+        pid_m = num_m - 1 - pid_m
+    batch = tl.program_id(1) // nheads
+    head = tl.program_id(1) % nheads
+    kv_head = head // group_size
+    m0 = pid_m * BLOCK_M
+    rows = m0 + tl.arange(0, BLOCK_M)
+
+    q = q_desc.load([batch, m0, head, 0]).reshape(BLOCK_M, BLOCK_D)
+    if DOT_FP32:
+        q = q.to(tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    row_max = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    lo, interior_lo, interior_hi, hi = key_tile_range(
+        m0, diag, left, right, seqlen_k, BLOCK_M, BLOCK_N)
+    acc, row_max, row_sum = _attend_tiles(
+        acc, row_max, row_sum, q, k_desc, v_desc, batch, kv_head, lo, interior_lo,
+        rows, diag, left, right, seqlen_q, seqlen_k, qk_scale,
+        BLOCK_N, BLOCK_D, True, DOT_FP32)
+    acc, row_max, row_sum = _attend_tiles(
+        acc, row_max, row_sum, q, k_desc, v_desc, batch, kv_head, interior_lo, interior_hi,
+        rows, diag, left, right, seqlen_q, seqlen_k, qk_scale,
+        BLOCK_N, BLOCK_D, False, DOT_FP32)
+    acc, row_max, row_sum = _attend_tiles(
+        acc, row_max, row_sum, q, k_desc, v_desc, batch, kv_head, interior_hi, hi,
+        rows, diag, left, right, seqlen_q, seqlen_k, qk_scale,
+        BLOCK_N, BLOCK_D, True, DOT_FP32)
+
+    empty = row_sum == 0.0  # rows that see no key: output 0, lse -inf
+    row_sum = tl.where(empty, 1.0, row_sum)
+    out = acc / row_sum[:, None]
+    o_desc.store([batch, m0, head, 0], out.to(o_desc.dtype).reshape(1, BLOCK_M, 1, BLOCK_D))
+    lse = tl.where(empty, -float("inf"), (row_max + tl.math.log2(row_sum)) * 0.6931471805599453)
+    lse_offs = (batch * nheads + head).to(tl.int64) * seqlen_q + rows
+    tl.store(lse_ptr + lse_offs, lse, mask=rows < seqlen_q)
+
+
+def window_bounds(seqlen_q: int, seqlen_k: int, causal: bool, window: tuple[int, int]):
+    """(left, right) as kernel integers: an unbounded side becomes a number past any index."""
+    unbounded = seqlen_q + seqlen_k + 1
+    left, right = window
+    left = unbounded if left < 0 else left
+    right = 0 if causal else (unbounded if right < 0 else right)
+    return left, right
+
+
+def dots_in_fp32(dtype: torch.dtype) -> bool:
+    """Triton 3.6's interpreter multiplies bf16 bit patterns: upcast tiles there before tl.dot."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" and dtype == torch.bfloat16
+
+
+def portable_forward(q, k, v, softmax_scale: float, causal: bool, window=(-1, -1)):
+    """q (b, s_q, h, d), k/v (b, s_k, h_kv, d) -> out (b, s_q, h, d), lse (b, h, s_q) fp32."""
+    batch, seqlen_q, nheads, head_dim = q.shape
+    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(batch, nheads, seqlen_q, device=q.device, dtype=torch.float32)
+    block_d = configs.padded_head_dim(head_dim)
+    cfg = configs.FORWARD[block_d]
+    q, k, v = tma_compatible(q), tma_compatible(k), tma_compatible(v)
+    left, right = window_bounds(seqlen_q, seqlen_k, causal, window)
+    grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * nheads)
+    attention_fwd_kernel[grid](
+        tile_descriptor(q, cfg.block_m, block_d), tile_descriptor(k, cfg.block_n, block_d),
+        tile_descriptor(v, cfg.block_n, block_d), tile_descriptor(out, cfg.block_m, block_d), lse,
+        softmax_scale * LOG2E, seqlen_q, seqlen_k, nheads, nheads // nheads_kv,
+        seqlen_k - seqlen_q, left, right,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
+        REVERSE_M=causal, DOT_FP32=dots_in_fp32(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out, lse
