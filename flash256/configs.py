@@ -40,16 +40,18 @@ FORWARD = {
     256: TileConfig(block_m=128, block_n=64, num_warps=8, num_stages=2),
 }
 
-# Backward, dK/dV kernel: one program owns BLOCK_N key rows (K, V resident) and streams
-# Q/dO tiles of every query head of its GQA group.
-#   d=256: K 32 KB + V 32 KB + (Q 32 KB + dO 32 KB) x 2 = 192 KB; dK + dV 2 x 64x256
-#          fp32 over 256 threads = 128 regs/thread.
+# Backward, dK/dV kernel: one program owns BLOCK_N key rows (K, V resident in shared
+# memory) and streams Q/dO tiles of every query head of its GQA group.
+#   d=256: K 32 KB + V 32 KB + (Q 16 KB + dO 16 KB) x 2 = 128 KB; dK + dV 2 x 64x256
+#          fp32 over 256 threads = 128 regs/thread; S^T, dP^T 64x32 fp32 = 8 regs each.
+#          (BLOCK_M=64 doubles S^T/dP^T and spills.)
+#   d=128: K 16 KB + V 16 KB + (Q 16 KB + dO 16 KB) x 2 = 96 KB; dK + dV 64 regs/thread.
 # dQ kernel: one program owns BLOCK_M query rows (Q, dO resident) and streams K/V tiles.
 #   d=256: Q 32 KB + dO 32 KB + (K 32 KB + V 32 KB) x 2 = 192 KB; dQ 64 regs/thread.
 BACKWARD_DKDV = {
     64: TileConfig(block_m=64, block_n=128, num_warps=8, num_stages=2),
-    128: TileConfig(block_m=64, block_n=128, num_warps=8, num_stages=2),
-    256: TileConfig(block_m=64, block_n=64, num_warps=8, num_stages=2),
+    128: TileConfig(block_m=64, block_n=64, num_warps=8, num_stages=2),
+    256: TileConfig(block_m=32, block_n=64, num_warps=8, num_stages=2),
 }
 BACKWARD_DQ = {
     64: TileConfig(block_m=128, block_n=64, num_warps=8, num_stages=2),

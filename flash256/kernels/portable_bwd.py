@@ -18,7 +18,7 @@ import triton.language as tl
 from .. import configs
 from .masking import key_tile_range, query_tile_range, visible, visible_t
 from .portable_fwd import LOG2E, dots_in_fp32, window_bounds
-from .tma import tile_descriptor, tma_compatible
+from .tma import row_descriptor, tile_descriptor, tma_compatible
 
 
 @triton.jit
@@ -40,15 +40,19 @@ def attention_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, q_desc, do_desc, lse_ptr, delta_ptr, batch, head, nheads,
+def _dkdv_tiles(dk, dv, k, v, q_rows, do_rows, lse_ptr, delta_ptr, batch, head, nheads,
                 start, end, cols, diag, left, right, seqlen_q, seqlen_k, qk_scale,
-                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-                MASKED: tl.constexpr, DOT_FP32: tl.constexpr):
-    """Accumulate dK, dV (fp32, transposed formulation) over query tiles [start, end)."""
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                DOT_FP32: tl.constexpr):
+    """Accumulate dK, dV (fp32, transposed formulation) over query tiles [start, end).
+
+    Every tile is masked: separate interior/edge loops (as in the forward), or a run-time
+    branch around the mask, hold more registers live and spill at d=128 and 256.
+    """
     row_base = (batch * nheads + head).to(tl.int64) * seqlen_q
     for m0 in tl.range(start, end, BLOCK_M):
-        q = q_desc.load([batch, m0, head, 0]).reshape(BLOCK_M, BLOCK_D)
-        do = do_desc.load([batch, m0, head, 0]).reshape(BLOCK_M, BLOCK_D)
+        q = q_rows.load([batch * seqlen_q + m0, head * BLOCK_D])
+        do = do_rows.load([batch * seqlen_q + m0, head * BLOCK_D])
         rows = m0 + tl.arange(0, BLOCK_M)
         # Padding rows get lse = +inf, so their P is 0 even before masking.
         lse = tl.load(lse_ptr + row_base + rows, mask=rows < seqlen_q, other=float("inf"))
@@ -56,17 +60,18 @@ def _dkdv_tiles(dk, dv, k, v, q_desc, do_desc, lse_ptr, delta_ptr, batch, head, 
         if DOT_FP32:
             q = q.to(tl.float32)
             do = do.to(tl.float32)
+        # Transposed tiles (keys on rows): P^T and dS^T come out of their GEMMs already in
+        # the A-operand shape of the dV and dK GEMMs, so nothing is transposed.
         s_t = tl.dot(k, tl.trans(q)) * qk_scale                     # (N, M), base-2 units
         p_t = tl.math.exp2(s_t - lse[None, :] * 1.4426950408889634)
-        if MASKED:
-            p_t = tl.where(visible_t(cols, rows, diag, left, right, seqlen_q, seqlen_k), p_t, 0.0)
-        p_low = p_t.to(q_desc.dtype)
+        p_t = tl.where(visible_t(cols, rows, diag, left, right, seqlen_q, seqlen_k), p_t, 0.0)
+        p_low = p_t.to(q_rows.dtype)
         if DOT_FP32:
             p_low = p_low.to(tl.float32)
         dv += tl.dot(p_low, do)
         dp_t = tl.dot(v, tl.trans(do))
         ds_t = p_t * (dp_t - delta[None, :])
-        ds_low = ds_t.to(q_desc.dtype)
+        ds_low = ds_t.to(q_rows.dtype)
         if DOT_FP32:
             ds_low = ds_low.to(tl.float32)
         dk += tl.dot(ds_low, q)
@@ -75,7 +80,7 @@ def _dkdv_tiles(dk, dv, k, v, q_desc, do_desc, lse_ptr, delta_ptr, batch, head, 
 
 @triton.jit
 def attention_bwd_dkdv_kernel(
-    q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse_ptr, delta_ptr,
+    q_rows, k_rows, v_rows, do_rows, dk_desc, dv_desc, lse_ptr, delta_ptr,
     softmax_scale, qk_scale, seqlen_q, seqlen_k, nheads, nheads_kv, diag, left, right,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_FP32: tl.constexpr,
@@ -85,39 +90,33 @@ def attention_bwd_dkdv_kernel(
     kv_head = tl.program_id(1) % nheads_kv
     group_size = nheads // nheads_kv
     cols = n0 + tl.arange(0, BLOCK_N)
-    k = k_desc.load([batch, n0, kv_head, 0]).reshape(BLOCK_N, BLOCK_D)
-    v = v_desc.load([batch, n0, kv_head, 0]).reshape(BLOCK_N, BLOCK_D)
+    k = k_rows.load([batch * seqlen_k + n0, kv_head * BLOCK_D])
+    v = v_rows.load([batch * seqlen_k + n0, kv_head * BLOCK_D])
     if DOT_FP32:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    lo, interior_lo, interior_hi, hi = query_tile_range(
+    lo, _, _, hi = query_tile_range(
         n0, diag, left, right, seqlen_q, BLOCK_M, BLOCK_N)
     for head in range(kv_head * group_size, (kv_head + 1) * group_size):
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_desc, do_desc, lse_ptr, delta_ptr, batch, head,
-                             nheads, lo, interior_lo, cols, diag, left, right,
-                             seqlen_q, seqlen_k, qk_scale, BLOCK_M, BLOCK_D, True, DOT_FP32)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_desc, do_desc, lse_ptr, delta_ptr, batch, head,
-                             nheads, interior_lo, interior_hi, cols, diag, left, right,
-                             seqlen_q, seqlen_k, qk_scale, BLOCK_M, BLOCK_D, False, DOT_FP32)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_desc, do_desc, lse_ptr, delta_ptr, batch, head,
-                             nheads, interior_hi, hi, cols, diag, left, right,
-                             seqlen_q, seqlen_k, qk_scale, BLOCK_M, BLOCK_D, True, DOT_FP32)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_rows, do_rows, lse_ptr, delta_ptr, batch, head,
+                             nheads, lo, hi, cols, diag, left, right,
+                             seqlen_q, seqlen_k, qk_scale, BLOCK_M, BLOCK_N, BLOCK_D, DOT_FP32)
     dk *= softmax_scale
     dk_desc.store([batch, n0, kv_head, 0], dk.to(dk_desc.dtype).reshape(1, BLOCK_N, 1, BLOCK_D))
     dv_desc.store([batch, n0, kv_head, 0], dv.to(dv_desc.dtype).reshape(1, BLOCK_N, 1, BLOCK_D))
 
 
 @triton.jit
-def _dq_tiles(dq, q, do, lse, delta, k_desc, v_desc, batch, kv_head, start, end, rows,
+def _dq_tiles(dq, q, do, lse, delta, k_rows, v_rows, batch, kv_head, start, end, rows,
               diag, left, right, seqlen_q, seqlen_k, qk_scale,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               MASKED: tl.constexpr, DOT_FP32: tl.constexpr):
     """Accumulate dQ (fp32, unscaled) over key tiles [start, end)."""
     for n0 in tl.range(start, end, BLOCK_N):
-        k = k_desc.load([batch, n0, kv_head, 0]).reshape(BLOCK_N, BLOCK_D)
-        v = v_desc.load([batch, n0, kv_head, 0]).reshape(BLOCK_N, BLOCK_D)
+        k = k_rows.load([batch * seqlen_k + n0, kv_head * BLOCK_D])
+        v = v_rows.load([batch * seqlen_k + n0, kv_head * BLOCK_D])
         if DOT_FP32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
@@ -128,7 +127,7 @@ def _dq_tiles(dq, q, do, lse, delta, k_desc, v_desc, batch, kv_head, start, end,
             p = tl.where(visible(rows, cols, diag, left, right, seqlen_q, seqlen_k), p, 0.0)
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
-        ds_low = ds.to(k_desc.dtype)
+        ds_low = ds.to(k_rows.dtype)
         if DOT_FP32:
             ds_low = ds_low.to(tl.float32)
         dq += tl.dot(ds_low, k)
@@ -137,7 +136,7 @@ def _dq_tiles(dq, q, do, lse, delta, k_desc, v_desc, batch, kv_head, start, end,
 
 @triton.jit
 def attention_bwd_dq_kernel(
-    q_desc, k_desc, v_desc, do_desc, dq_desc, lse_ptr, delta_ptr,
+    q_rows, k_rows, v_rows, do_rows, dq_desc, lse_ptr, delta_ptr,
     softmax_scale, qk_scale, seqlen_q, seqlen_k, nheads, group_size, diag, left, right,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     REVERSE_M: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -154,21 +153,21 @@ def attention_bwd_dq_kernel(
     row_offs = (batch * nheads + head).to(tl.int64) * seqlen_q + rows
     lse = tl.load(lse_ptr + row_offs, mask=rows < seqlen_q, other=float("inf")) * 1.4426950408889634
     delta = tl.load(delta_ptr + row_offs, mask=rows < seqlen_q, other=0.0)
-    q = q_desc.load([batch, m0, head, 0]).reshape(BLOCK_M, BLOCK_D)
-    do = do_desc.load([batch, m0, head, 0]).reshape(BLOCK_M, BLOCK_D)
+    q = q_rows.load([batch * seqlen_q + m0, head * BLOCK_D])
+    do = do_rows.load([batch * seqlen_q + m0, head * BLOCK_D])
     if DOT_FP32:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo, interior_lo, interior_hi, hi = key_tile_range(
         m0, diag, left, right, seqlen_k, BLOCK_M, BLOCK_N)
-    dq = _dq_tiles(dq, q, do, lse, delta, k_desc, v_desc, batch, kv_head, lo, interior_lo,
+    dq = _dq_tiles(dq, q, do, lse, delta, k_rows, v_rows, batch, kv_head, lo, interior_lo,
                    rows, diag, left, right, seqlen_q, seqlen_k, qk_scale,
                    BLOCK_N, BLOCK_D, True, DOT_FP32)
-    dq = _dq_tiles(dq, q, do, lse, delta, k_desc, v_desc, batch, kv_head, interior_lo,
+    dq = _dq_tiles(dq, q, do, lse, delta, k_rows, v_rows, batch, kv_head, interior_lo,
                    interior_hi, rows, diag, left, right, seqlen_q, seqlen_k, qk_scale,
                    BLOCK_N, BLOCK_D, False, DOT_FP32)
-    dq = _dq_tiles(dq, q, do, lse, delta, k_desc, v_desc, batch, kv_head, interior_hi, hi,
+    dq = _dq_tiles(dq, q, do, lse, delta, k_rows, v_rows, batch, kv_head, interior_hi, hi,
                    rows, diag, left, right, seqlen_q, seqlen_k, qk_scale,
                    BLOCK_N, BLOCK_D, True, DOT_FP32)
     dq *= softmax_scale
@@ -199,8 +198,8 @@ def portable_backward(dout, q, k, v, out, lse, dlse, softmax_scale: float, causa
 
     cfg = configs.BACKWARD_DKDV[block_d]
     attention_bwd_dkdv_kernel[(triton.cdiv(seqlen_k, cfg.block_n), batch * nheads_kv)](
-        tile_descriptor(q, cfg.block_m, block_d), tile_descriptor(k, cfg.block_n, block_d),
-        tile_descriptor(v, cfg.block_n, block_d), tile_descriptor(dout, cfg.block_m, block_d),
+        row_descriptor(q, cfg.block_m, block_d), row_descriptor(k, cfg.block_n, block_d),
+        row_descriptor(v, cfg.block_n, block_d), row_descriptor(dout, cfg.block_m, block_d),
         tile_descriptor(dk, cfg.block_n, block_d), tile_descriptor(dv, cfg.block_n, block_d),
         lse, delta, softmax_scale, qk_scale, seqlen_q, seqlen_k, nheads, nheads_kv,
         diag, left, right,
@@ -209,8 +208,8 @@ def portable_backward(dout, q, k, v, out, lse, dlse, softmax_scale: float, causa
 
     cfg = configs.BACKWARD_DQ[block_d]
     attention_bwd_dq_kernel[(triton.cdiv(seqlen_q, cfg.block_m), batch * nheads)](
-        tile_descriptor(q, cfg.block_m, block_d), tile_descriptor(k, cfg.block_n, block_d),
-        tile_descriptor(v, cfg.block_n, block_d), tile_descriptor(dout, cfg.block_m, block_d),
+        row_descriptor(q, cfg.block_m, block_d), row_descriptor(k, cfg.block_n, block_d),
+        row_descriptor(v, cfg.block_n, block_d), row_descriptor(dout, cfg.block_m, block_d),
         tile_descriptor(dq, cfg.block_m, block_d), lse, delta,
         softmax_scale, qk_scale, seqlen_q, seqlen_k, nheads, nheads // nheads_kv,
         diag, left, right,
@@ -218,3 +217,57 @@ def portable_backward(dout, q, k, v, out, lse, dlse, softmax_scale: float, causa
         REVERSE_M=causal, DOT_FP32=dot_fp32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return dq, dk, dv
+
+
+def inspect_cases(arch: int):
+    """Each shipped backward configuration, compiled for `arch` without a GPU (bf16)."""
+    from .compile_target import InspectCase, compile_tl, tl_desc_type
+
+    scalars = dict(softmax_scale="fp32", qk_scale="fp32", seqlen_q="i32", seqlen_k="i32",
+                   nheads="i32", diag="i32", left="i32", right="i32")
+
+    def rows(n, block_d):
+        return tl_desc_type("bf16", [n, block_d])
+
+    def tile(n, block_d):
+        return tl_desc_type("bf16", [1, n, 1, block_d])
+
+    def dkdv(block_d, cfg):
+        signature = dict(
+            q_rows=rows(cfg.block_m, block_d), k_rows=rows(cfg.block_n, block_d),
+            v_rows=rows(cfg.block_n, block_d), do_rows=rows(cfg.block_m, block_d),
+            dk_desc=tile(cfg.block_n, block_d), dv_desc=tile(cfg.block_n, block_d),
+            lse_ptr="*fp32", delta_ptr="*fp32", nheads_kv="i32", **scalars)
+        return compile_tl(attention_bwd_dkdv_kernel, signature,
+                          dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, DOT_FP32=False),
+                          arch=arch, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    def dq(block_d, cfg):
+        signature = dict(
+            q_rows=rows(cfg.block_m, block_d), k_rows=rows(cfg.block_n, block_d),
+            v_rows=rows(cfg.block_n, block_d), do_rows=rows(cfg.block_m, block_d),
+            dq_desc=tile(cfg.block_m, block_d), lse_ptr="*fp32", delta_ptr="*fp32",
+            group_size="i32", **scalars)
+        return compile_tl(attention_bwd_dq_kernel, signature,
+                          dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
+                               REVERSE_M=True, DOT_FP32=False),
+                          arch=arch, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    def preprocess(block_d):
+        bm = configs.PREPROCESS_BLOCK_M
+        signature = dict(o_desc=tile(bm, block_d), do_desc=tile(bm, block_d), dlse_ptr="*fp32",
+                         delta_ptr="*fp32", seqlen_q="i32", nheads="i32")
+        return compile_tl(attention_bwd_preprocess_kernel, signature,
+                          dict(BLOCK_M=bm, BLOCK_D=block_d, HAS_DLSE=True), arch=arch, num_warps=4)
+
+    cases = []
+    for block_d in configs.HEAD_DIMS:
+        cases.append(InspectCase("portable_bwd_preprocess", f"d{block_d}",
+                                 lambda d=block_d: preprocess(d)))
+        cfg = configs.BACKWARD_DKDV[block_d]
+        cases.append(InspectCase("portable_bwd_dkdv", f"d{block_d} {cfg}",
+                                 lambda d=block_d, c=cfg: dkdv(d, c)))
+        cfg = configs.BACKWARD_DQ[block_d]
+        cases.append(InspectCase("portable_bwd_dq", f"d{block_d} {cfg}",
+                                 lambda d=block_d, c=cfg: dq(d, c)))
+    return cases

@@ -13,20 +13,20 @@ import triton.language as tl
 
 from .. import configs
 from .masking import key_tile_range, visible
-from .tma import tile_descriptor, tma_compatible
+from .tma import row_descriptor, tile_descriptor
 
 LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _attend_tiles(acc, row_max, row_sum, q, k_desc, v_desc, batch, kv_head,
+def _attend_tiles(acc, row_max, row_sum, q, k_rows, v_rows, batch, kv_head,
                   start, end, rows, diag, left, right, seqlen_q, seqlen_k, qk_scale,
                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                   MASKED: tl.constexpr, DOT_FP32: tl.constexpr):
     """Online softmax over key tiles [start, end): returns updated (acc, row_max, row_sum)."""
     for n0 in tl.range(start, end, BLOCK_N):
-        k = k_desc.load([batch, n0, kv_head, 0]).reshape(BLOCK_N, BLOCK_D)
-        v = v_desc.load([batch, n0, kv_head, 0]).reshape(BLOCK_N, BLOCK_D)
+        k = k_rows.load([batch * seqlen_k + n0, kv_head * BLOCK_D])
+        v = v_rows.load([batch * seqlen_k + n0, kv_head * BLOCK_D])
         if DOT_FP32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
@@ -43,7 +43,7 @@ def _attend_tiles(acc, row_max, row_sum, q, k_desc, v_desc, batch, kv_head,
         p = tl.math.exp2(s - new_max_safe[:, None])
         alpha = tl.math.exp2(row_max - new_max_safe)
         row_sum = row_sum * alpha + tl.sum(p, 1)
-        p = p.to(v_desc.dtype)  # P is rounded to the input precision, as on the tensor core
+        p = p.to(v_rows.dtype)  # P is rounded to the input precision, as on the tensor core
         if DOT_FP32:
             p = p.to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p, v)
@@ -53,7 +53,7 @@ def _attend_tiles(acc, row_max, row_sum, q, k_desc, v_desc, batch, kv_head,
 
 @triton.jit
 def attention_fwd_kernel(
-    q_desc, k_desc, v_desc, o_desc, lse_ptr,
+    q_rows, k_rows, v_rows, o_desc, lse_ptr,
     qk_scale, seqlen_q, seqlen_k, nheads, group_size, diag, left, right,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     REVERSE_M: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -68,7 +68,7 @@ def attention_fwd_kernel(
     m0 = pid_m * BLOCK_M
     rows = m0 + tl.arange(0, BLOCK_M)
 
-    q = q_desc.load([batch, m0, head, 0]).reshape(BLOCK_M, BLOCK_D)
+    q = q_rows.load([batch * seqlen_q + m0, head * BLOCK_D])
     if DOT_FP32:
         q = q.to(tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -78,15 +78,15 @@ def attention_fwd_kernel(
     lo, interior_lo, interior_hi, hi = key_tile_range(
         m0, diag, left, right, seqlen_k, BLOCK_M, BLOCK_N)
     acc, row_max, row_sum = _attend_tiles(
-        acc, row_max, row_sum, q, k_desc, v_desc, batch, kv_head, lo, interior_lo,
+        acc, row_max, row_sum, q, k_rows, v_rows, batch, kv_head, lo, interior_lo,
         rows, diag, left, right, seqlen_q, seqlen_k, qk_scale,
         BLOCK_N, BLOCK_D, True, DOT_FP32)
     acc, row_max, row_sum = _attend_tiles(
-        acc, row_max, row_sum, q, k_desc, v_desc, batch, kv_head, interior_lo, interior_hi,
+        acc, row_max, row_sum, q, k_rows, v_rows, batch, kv_head, interior_lo, interior_hi,
         rows, diag, left, right, seqlen_q, seqlen_k, qk_scale,
         BLOCK_N, BLOCK_D, False, DOT_FP32)
     acc, row_max, row_sum = _attend_tiles(
-        acc, row_max, row_sum, q, k_desc, v_desc, batch, kv_head, interior_hi, hi,
+        acc, row_max, row_sum, q, k_rows, v_rows, batch, kv_head, interior_hi, hi,
         rows, diag, left, right, seqlen_q, seqlen_k, qk_scale,
         BLOCK_N, BLOCK_D, True, DOT_FP32)
 
@@ -121,12 +121,11 @@ def portable_forward(q, k, v, softmax_scale: float, causal: bool, window=(-1, -1
     lse = torch.empty(batch, nheads, seqlen_q, device=q.device, dtype=torch.float32)
     block_d = configs.padded_head_dim(head_dim)
     cfg = configs.FORWARD[block_d]
-    q, k, v = tma_compatible(q), tma_compatible(k), tma_compatible(v)
     left, right = window_bounds(seqlen_q, seqlen_k, causal, window)
     grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * nheads)
     attention_fwd_kernel[grid](
-        tile_descriptor(q, cfg.block_m, block_d), tile_descriptor(k, cfg.block_n, block_d),
-        tile_descriptor(v, cfg.block_n, block_d), tile_descriptor(out, cfg.block_m, block_d), lse,
+        row_descriptor(q, cfg.block_m, block_d), row_descriptor(k, cfg.block_n, block_d),
+        row_descriptor(v, cfg.block_n, block_d), tile_descriptor(out, cfg.block_m, block_d), lse,
         softmax_scale * LOG2E, seqlen_q, seqlen_k, nheads, nheads // nheads_kv,
         seqlen_k - seqlen_q, left, right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
@@ -134,3 +133,24 @@ def portable_forward(q, k, v, softmax_scale: float, causal: bool, window=(-1, -1
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse
+
+
+def inspect_cases(arch: int):
+    """Each shipped forward configuration, compiled for `arch` without a GPU (bf16)."""
+    from .compile_target import InspectCase, compile_tl, tl_desc_type
+
+    def compile_one(block_d, cfg, causal):
+        rows = lambda n: tl_desc_type("bf16", [n, block_d])  # noqa: E731
+        signature = dict(
+            q_rows=rows(cfg.block_m), k_rows=rows(cfg.block_n), v_rows=rows(cfg.block_n),
+            o_desc=tl_desc_type("bf16", [1, cfg.block_m, 1, block_d]), lse_ptr="*fp32",
+            qk_scale="fp32", seqlen_q="i32", seqlen_k="i32", nheads="i32", group_size="i32",
+            diag="i32", left="i32", right="i32")
+        constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
+                          REVERSE_M=causal, DOT_FP32=False)
+        return compile_tl(attention_fwd_kernel, signature, constexprs, arch=arch,
+                          num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    return [InspectCase("portable_fwd", f"d{block_d} {cfg} causal={causal}",
+                        lambda d=block_d, c=cfg, causal=causal: compile_one(d, c, causal))
+            for block_d, cfg in configs.FORWARD.items() for causal in (False, True)]

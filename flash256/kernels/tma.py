@@ -20,3 +20,25 @@ def tma_compatible(t: torch.Tensor) -> torch.Tensor:
 
 def tile_descriptor(t: torch.Tensor, rows: int, block_d: int) -> TensorDescriptor:
     return TensorDescriptor.from_tensor(t, [1, rows, 1, block_d])
+
+
+def row_view(t: torch.Tensor, block_d: int) -> torch.Tensor:
+    """(b, s, h, d) -> a 2-D (b*s, h*block_d) view whose row r = b*s + i holds all heads.
+
+    Tiles loaded through it come out 2-D, with no reshape between the load and tl.dot,
+    which lets Triton feed wgmma straight from shared memory (a reshape of a 4-D tile
+    goes through registers and, at d=256, spills). A tile that runs past a sequence's
+    end reads the next sequence's rows: kernels mask those, and store through the 4-D
+    descriptors, which clip. Copies (zero-padding head_dim to block_d) only when the
+    layout cannot be viewed so.
+    """
+    b, s, h, d = t.shape
+    viewable = (d == block_d and t.stride(2) == d and (b == 1 or t.stride(0) == s * t.stride(1))
+                and t.stride(1) % 8 == 0 and t.data_ptr() % 16 == 0)
+    if not viewable:
+        t = torch.nn.functional.pad(t, (0, block_d - d)).contiguous()
+    return t.as_strided((b * s, h * block_d), (t.stride(1), 1))
+
+
+def row_descriptor(t: torch.Tensor, rows: int, block_d: int) -> TensorDescriptor:
+    return TensorDescriptor.from_tensor(row_view(t, block_d), [rows, block_d])
