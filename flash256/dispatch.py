@@ -2,47 +2,69 @@
 
 A backend says which calls it supports; `auto` takes the first supporting entry in
 PREFERENCE order, so a faster kernel slots in for one (architecture, head_dim,
-direction) without touching the others, and anything it does not cover falls back to
-the portable kernels.
+direction, feature set) without touching the others, and anything it does not cover
+falls back to the portable kernels.
 """
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
+from .kernels import sm90_fwd
 from .kernels.portable_bwd import portable_backward
 from .kernels.portable_fwd import portable_forward
 
 
 @dataclass(frozen=True)
-class Problem:
-    """What a kernel needs to know to say whether it supports a call."""
-    device: torch.device
-    dtype: torch.dtype
-    head_dim: int
+class AttentionArgs:
+    """Everything but the tensors q, k, v (and dO, O, LSE) that a kernel needs."""
+    softmax_scale: float
     causal: bool
     window: tuple[int, int]
     softcap: float
+    sink: Optional[torch.Tensor]            # (nheads,) fp32 logits, or None
+    cu_seqlens_q: Optional[torch.Tensor]    # (num_seqs + 1,) int32 for packed (varlen) inputs
+    cu_seqlens_k: Optional[torch.Tensor]
+    max_seqlen_q: int
+    max_seqlen_k: int
     deterministic: bool
 
 
 @dataclass(frozen=True)
 class Implementation:
     name: str
-    supports: Callable[[Problem], bool]
+    supports: Callable[[torch.Tensor, AttentionArgs], bool]   # (q, args) -> bool
     run: Callable
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _portable_supports(problem: Problem) -> bool:
-    return problem.device.type == "cuda" or (problem.device.type == "cpu" and _interpreting())
+def _portable_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
+    return q.device.type == "cuda" or (q.device.type == "cpu" and interpreting())
 
 
-FORWARD = [Implementation("portable", _portable_supports, portable_forward)]
+def _sm90_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
+    """The Gluon forward covers plain and causal attention at head_dim 64/128/256 on sm_90.
+
+    seqlen_q == 1 stays on the portable kernel: the Gluon kernel's LSE/output are wrong there
+    (H100 GPU tests, 2026-11-25; NOTES.md), and a one-row query gains nothing from it.
+    """
+    return (q.device.type == "cuda" and not interpreting() and q.shape[1] > 1
+            and torch.cuda.get_device_capability(q.device) == (9, 0)
+            and q.shape[-1] in sm90_fwd.CONFIGS and args.window == (-1, -1) and args.softcap == 0
+            and args.sink is None and args.cu_seqlens_q is None)
+
+
+def _sm90_forward(q, k, v, args):
+    out, lse = sm90_fwd.sm90_forward(q, k, v, args.softmax_scale, args.causal)
+    return out, lse.transpose(0, 1).reshape(q.shape[2], -1)  # (b, h, s) -> the (h, rows) layout
+
+
+FORWARD = [Implementation("portable", _portable_supports, portable_forward),
+           Implementation("sm90", _sm90_supports, _sm90_forward)]
 BACKWARD = [Implementation("portable", _portable_supports, portable_backward)]
 PREFERENCE = ("sm90", "portable")
 
@@ -52,17 +74,13 @@ def backend_names() -> tuple[str, ...]:
 
 
 def available_backends(device) -> list[str]:
-    """Implementations whose forward can run on `device` for some head_dim (bench uses this)."""
-    device = torch.device(device)
-    names = []
-    for impl in FORWARD:
-        probe = Problem(device, torch.bfloat16, 256, False, (-1, -1), 0.0, False)
-        if impl.supports(probe) and impl.name not in names:
-            names.append(impl.name)
-    return names
+    """Implementations whose forward can run a plain bf16 d=256 call on `device` (bench uses this)."""
+    probe_q = torch.empty(1, 1, 1, 256, device=device, dtype=torch.bfloat16)
+    probe = AttentionArgs(1.0, False, (-1, -1), 0.0, None, None, None, 1, 1, False)
+    return [impl.name for impl in FORWARD if impl.supports(probe_q, probe)]
 
 
-def select(direction: str, problem: Problem, backend: str = "auto") -> Implementation:
+def select(direction: str, q: torch.Tensor, args: AttentionArgs, backend: str = "auto") -> Implementation:
     """The implementation for one direction. A named backend without a kernel for this
     direction (e.g. a forward-only fast path) leaves that direction to `auto`."""
     if backend not in backend_names():
@@ -72,7 +90,9 @@ def select(direction: str, problem: Problem, backend: str = "auto") -> Implement
     if not candidates:
         candidates = sorted(table, key=lambda impl: PREFERENCE.index(impl.name))
     for impl in candidates:
-        if impl.supports(problem):
+        if impl.supports(q, args):
             return impl
     raise NotImplementedError(
-        f"flash256 backend {backend!r} has no {direction} kernel for {problem}")
+        f"flash256 backend {backend!r} has no {direction} kernel for head_dim {q.shape[-1]}, "
+        f"{q.dtype} on {q.device} with causal={args.causal}, window={args.window}, "
+        f"softcap={args.softcap}, sink={args.sink is not None}, varlen={args.cu_seqlens_q is not None}")

@@ -29,10 +29,11 @@ def visibility_mask(seqlen_q: int, seqlen_k: int, causal: bool, window_size=(-1,
 
 
 def attention_ref(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1),
-                  softcap=0.0, upcast=True):
+                  softcap=0.0, learnable_sink=None, upcast=True):
     """q (b, s_q, h, d), k/v (b, s_k, h_kv, d) -> out (b, s_q, h, d), lse (b, h, s_q) fp32.
 
-    Differentiable. Rows that see no key give out = 0 and lse = -inf.
+    learnable_sink (h,): one extra logit per head in every row's softmax denominator.
+    Differentiable. Rows that see no key give out = 0 and lse = -inf (or the sink).
     """
     dtype = q.dtype
     if upcast:
@@ -47,9 +48,15 @@ def attention_ref(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1
         scores = softcap * torch.tanh(scores / softcap)
     mask = visibility_mask(q.shape[1], k.shape[1], causal, window_size, device=q.device)
     scores = scores.masked_fill(~mask, float("-inf"))
+    if learnable_sink is not None:
+        sink = learnable_sink.to(scores.dtype)[None, :, None, None].expand(*scores.shape[:3], 1)
+        scores = torch.cat([scores, sink], dim=-1)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
     lse = torch.logsumexp(scores.float(), dim=-1)
     probs = torch.softmax(scores, dim=-1)
     # Fully masked rows: softmax gives NaN; flash attention defines them as 0.
     probs = probs.masked_fill(~mask.any(dim=-1)[:, None], 0.0).to(v.dtype)
+    if learnable_sink is not None:
+        probs = probs[..., :-1]
     out = torch.einsum("bhqk,bkhd->bqhd", probs, v)
     return out.to(dtype), lse

@@ -11,5 +11,5 @@ python3 -m pytest -q -x -n 8 -m "gpu or not gpu" -k "not past_2_31" "$@" 2>&1 | 
 python3 -m pytest -q -k "past_2_31" tests/test_attention.py 2>&1 | tail -3 | tee -a "$OUT/pytest.txt"
 echo "tests: $((SECONDS - start)) s"
 python3 -m flash256.bench ${BENCH_ARGS:---fwd --bwd --seqlen 1k,4k,16k --causal both} \
-    --json "$OUT/bench.json" --plot "$OUT/bench.png" --markdown "$OUT/bench.md" 2>"$OUT/bench.err" | tail -60
+    --time-budget $((${DEADLINE_S:-570} - SECONDS)) --json "$OUT/bench.json" --plot "$OUT/bench.png" --markdown "$OUT/bench.md" 2>"$OUT/bench.err" | tail -60
 echo "total: $((SECONDS - start)) s"

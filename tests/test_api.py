@@ -30,6 +30,18 @@ def test_bad_inputs(mutate, error, match):
         flash256.flash_attn_func(*mutate(*qkv()))
 
 
+def test_bad_varlen_inputs():
+    q, k, v = (t[0] for t in qkv())
+    cu = torch.tensor([0, 8], dtype=torch.int32, device=q.device)
+    with pytest.raises(TypeError, match="cu_seqlens_q must be int32"):
+        flash256.flash_attn_varlen_func(q, k, v, cu.long(), cu, 8, 8)
+    with pytest.raises(ValueError, match="same length"):
+        flash256.flash_attn_varlen_func(q, k, v, cu, torch.tensor([0, 4, 8], dtype=torch.int32,
+                                                                  device=q.device), 8, 8)
+    with pytest.raises(ValueError, match="q must have 3 dimensions"):
+        flash256.flash_attn_varlen_func(q[None], k, v, cu, cu, 8, 8)
+
+
 def test_head_dim_too_large():
     with pytest.raises(ValueError, match="head_dim must be a multiple of 8 in"):
         flash256.flash_attn_func(*qkv((1, 4, 1, 264)))
@@ -41,8 +53,10 @@ def test_bad_options():
         flash256.flash_attn_func(q, k, v, window_size=(-2, 0))
     with pytest.raises(ValueError, match="softmax_scale"):
         flash256.flash_attn_func(q, k, v, softmax_scale=float("nan"))
-    with pytest.raises(NotImplementedError, match="softcap"):
-        flash256.flash_attn_func(q, k, v, softcap=30.0)
+    with pytest.raises(ValueError, match="softcap"):
+        flash256.flash_attn_func(q, k, v, softcap=-1.0)
+    with pytest.raises(ValueError, match="learnable_sink"):
+        flash256.flash_attn_func(q, k, v, learnable_sink=torch.zeros(3, device=q.device))
     with pytest.raises(ValueError, match="backend must be one of"):
         flash256.attention(q, k, v, backend="cudnn")
 

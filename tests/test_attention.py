@@ -3,7 +3,7 @@
 On a CPU-only machine the portable kernels run in Triton's interpreter on a small matrix;
 with a GPU the full matrix runs (marked gpu).
 """
-import math
+from dataclasses import replace as dataclasses_replace
 
 import pytest
 import torch
@@ -23,9 +23,9 @@ def make_inputs(batch, seqlen_q, seqlen_k, nheads, nheads_kv, head_dim, dtype, d
     return q, k, v
 
 
-def run_and_check(q, k, v, backward=True, **options):
+def run_and_check(q, k, v, backward=True, backend="auto", **options):
     q_, k_, v_ = (t.clone().requires_grad_(backward) for t in (q, k, v))
-    out, lse = flash256.flash_attn_func(q_, k_, v_, return_lse=True, **options)
+    out, lse = flash256.attention(q_, k_, v_, return_lse=True, backend=backend, **options)
     actual = {"out": out.detach()}
     dout = None
     if backward:
@@ -76,24 +76,37 @@ def test_interpreter_bf16(head_dim, causal):
 # --- GPU matrix ------------------------------------------------------------------------
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "portable"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("seqlens", SEQLENS)
 @pytest.mark.parametrize("heads", HEADS)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 96, 128, 192, 256])
-def test_gpu_matrix(head_dim, causal, heads, seqlens, dtype):
+def test_gpu_matrix(head_dim, causal, heads, seqlens, dtype, backend):
+    """auto runs the Hopper fast path where it applies (sm_90, d in 64/128/256)."""
     torch.manual_seed(0)
     q, k, v = make_inputs(2, *seqlens, *heads, head_dim, dtype)
-    run_and_check(q, k, v, causal=causal)
+    run_and_check(q, k, v, causal=causal, backend=backend)
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "portable"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("head_dim", [128, 256])
-def test_gpu_long(head_dim, causal):
+def test_gpu_long(head_dim, causal, backend):
     torch.manual_seed(0)
     q, k, v = make_inputs(1, 4224, 4224, 4, 2, head_dim, torch.bfloat16)
-    run_and_check(q, k, v, causal=causal)
+    run_and_check(q, k, v, causal=causal, backend=backend)
+
+
+@pytest.mark.gpu
+def test_gpu_auto_uses_fast_path_on_hopper():
+    from flash256 import dispatch
+    q = torch.empty(1, 8, 2, 256, device="cuda", dtype=torch.bfloat16)
+    args = dispatch.AttentionArgs(0.1, True, (-1, -1), 0.0, None, None, None, 8, 8, False)
+    expected = "sm90" if torch.cuda.get_device_capability() == (9, 0) else "portable"
+    assert dispatch.select("forward", q, args).name == expected
+    assert dispatch.select("forward", q, dataclasses_replace(args, softcap=5.0)).name == "portable"
 
 
 @pytest.mark.gpu

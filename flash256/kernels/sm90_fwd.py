@@ -1,0 +1,650 @@
+"""Hopper (sm_90a) forward attention in Gluon, FA3 style.
+
+One CTA computes a BLOCK_M = 128 query-row tile of one (batch, head) and is split into three
+warp-specialized partitions:
+
+  * producer (1 warp, 24 registers): TMA loads of Q (two 64-row halves) and of K and V blocks into a
+    KV_STAGES-deep shared-memory ring, each slot guarded by a "ready" and an "empty" mbarrier;
+  * two consumer warpgroups (4 warps each, ~240 registers): warpgroup w owns query rows
+    [64 w, 64 w + 64) of the tile. Each runs QK^T and PV as async wgmma; P stays in registers as the
+    A operand of the PV wgmma; the QK^T of block j+1 is issued before the softmax of block j
+    (FA3's intra-warpgroup overlap), so the tensor cores work while the warpgroup does exp2.
+
+O is staged through the consumer's own Q half of shared memory (Q is dead by then) and written with
+a TMA store, which clips rows beyond seqlen_q; TMA loads zero-fill beyond seqlen_q / seqlen_k. In
+causal tiles, blocks that only the lower warpgroup can see are released unread by the upper one.
+
+Conventions: q (B, Sq, H, D), k/v (B, Sk, Hkv, D); out (B, Sq, H, D); lse (B, H, Sq) float32, natural
+log. Causal masking is bottom-right aligned: query i sees key j iff j <= i + Sk - Sq. Rows that see
+no key get out = 0 and lse = -inf.
+
+Tiles are handed out by a scheduler: "single" (one tile per CTA, grid = number of tiles), "static"
+(persistent grid of one CTA per SM, tile = pid + i * grid) or "dynamic" (persistent grid, the
+producer takes the next tile from a global atomic counter and passes it to the consumers through
+shared memory). Tile order is longest-first for causal and groups heads into L2-sized sections so
+that concurrent CTAs share K/V in L2. Pick with the `scheduler` argument or FLASH256_SCHEDULER.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
+REGISTERS_PER_SM = 65536
+WARPGROUP_ROWS = 64  # rows of one wgmma (m64); each consumer warpgroup owns this many query rows
+L2_SECTION_BYTES = 32 * 1024 * 1024  # K+V bytes of the heads processed together (H100 L2: 50 MB)
+
+
+# --------------------------------------------------------------------------------------------------
+# Configurations and their resource accounting
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sm90FwdConfig:
+    head_dim: int
+    block_n: int  # keys per K/V block
+    kv_stages: int  # depth of the K ring and of the V ring
+    block_m: int = 2 * WARPGROUP_ROWS  # two consumer warpgroups x 64 rows
+    # Lazy O rescale: keep a row max that is stale by up to this many log2 units (P <= 2^t) and
+    # rescale O only when some row of the warpgroup grew by more; 0 = rescale every block.
+    rescale_threshold: float = 0.0
+    consumer_regs: int = 240  # setmaxnreg for each consumer warpgroup
+    producer_regs: int = 24  # setmaxnreg for the producer warp (rounded up to a warpgroup)
+    elem_bytes: int = 2  # fp16 / bf16
+
+    # Shared memory (bytes). O is staged in the Q buffer for its TMA store: no extra buffer.
+    @property
+    def smem_q(self) -> int:
+        return self.block_m * self.head_dim * self.elem_bytes
+
+    @property
+    def smem_kv(self) -> int:
+        return 2 * self.kv_stages * self.block_n * self.head_dim * self.elem_bytes
+
+    @property
+    def smem_barriers(self) -> int:
+        # 4 per K/V stage (k/v ready/empty) + 4 for the Q halves (ready/empty) + 2 for the tile id
+        return 8 * (4 * self.kv_stages + 4 + 2)
+
+    @property
+    def smem_total(self) -> int:
+        return self.smem_q + self.smem_kv + self.smem_barriers + 16  # + tile-id slot
+
+    # fp32 registers per consumer thread (128 threads per warpgroup, 64 rows each)
+    @property
+    def regs_o(self) -> int:
+        return WARPGROUP_ROWS * self.head_dim // 128
+
+    @property
+    def regs_s(self) -> int:
+        return WARPGROUP_ROWS * self.block_n // 128
+
+    @property
+    def regs_p(self) -> int:  # 16-bit P packed two per register
+        return self.regs_s // 2
+
+    @property
+    def register_budget(self) -> int:
+        # 12 warps (2 consumer warpgroups + the producer's warpgroup); setmaxnreg per warpgroup
+        return 128 * (2 * self.consumer_regs + self.producer_regs)
+
+    @property
+    def launch_maxnreg(self) -> int:
+        # registers per thread at launch (before setmaxnreg): the budget spread over 384 threads
+        return (REGISTERS_PER_SM // 384) // 8 * 8
+
+    def describe(self) -> str:
+        return (f"d{self.head_dim}_m{self.block_m}_n{self.block_n}_s{self.kv_stages}"
+                f"_r{self.rescale_threshold:g} "
+                f"smem={self.smem_total}B (Q {self.smem_q} + KV {self.smem_kv}) "
+                f"regs/thread O={self.regs_o} S={self.regs_s} P={self.regs_p}")
+
+    def check(self) -> None:
+        assert self.smem_total <= SMEM_LIMIT_BYTES, self.describe()
+        assert self.register_budget <= REGISTERS_PER_SM, self.describe()
+
+
+# d=256: Q 64 KB + K 2x32 KB + V 2x32 KB = 192 KB (+ barriers). A third K or V stage would need
+# 224 KB and leaves no slack; 128x128 blocks (64 KB per K or V stage) cannot double-buffer.
+# Registers/thread: O 128 + S 32 + P 16 = 176 of 240 (FA3's 128x80 tile is not a power of two).
+CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, kv_stages=2)
+# d=128: Q 32 KB + K 2x32 KB + V 2x32 KB = 160 KB. Registers: O 64 + S 64 + P 32 = 160.
+CONFIG_D128 = Sm90FwdConfig(head_dim=128, block_n=128, kv_stages=2)
+# d=64: Q 16 KB + K 3x16 KB + V 3x16 KB = 112 KB. Registers: O 32 + S 64 + P 32 = 128.
+CONFIG_D64 = Sm90FwdConfig(head_dim=64, block_n=128, kv_stages=3)
+
+CONFIGS = {cfg.head_dim: cfg for cfg in (CONFIG_D256, CONFIG_D128, CONFIG_D64)}
+for _cfg in CONFIGS.values():
+    _cfg.check()
+
+SCHEDULERS = ("single", "static", "dynamic")
+_SCHEDULER_IDS = {name: i for i, name in enumerate(SCHEDULERS)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Device code
+# --------------------------------------------------------------------------------------------------
+@gluon.jit
+def _tile_coords(tile, num_m_blocks, num_heads_total, heads_per_section, REVERSE_M: gl.constexpr):
+    # Heads are grouped into sections whose K/V fit in L2; inside a section the m-block index is the
+    # slow one, so concurrent CTAs work on the same few heads. Causal runs longest tiles first.
+    section_tiles = num_m_blocks * heads_per_section
+    section = tile // section_tiles
+    first_head = section * heads_per_section
+    heads_here = gl.minimum(heads_per_section, num_heads_total - first_head)
+    local = tile - section * section_tiles
+    m_block = local // heads_here
+    bh = first_head + local - m_block * heads_here
+    if REVERSE_M:
+        m_block = num_m_blocks - 1 - m_block
+    return m_block, bh
+
+
+@gluon.jit
+def _num_kv_blocks(m_block, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                   CAUSAL: gl.constexpr):
+    n_blocks = gl.cdiv(seqlen_k, BLOCK_N)
+    if CAUSAL:
+        # last key the tile's last row sees is (m_block + 1) * BLOCK_M - 1 + seqlen_k - seqlen_q
+        last_key_end = gl.maximum((m_block + 1) * BLOCK_M + seqlen_k - seqlen_q, 0)
+        n_blocks = gl.minimum(n_blocks, gl.cdiv(last_key_end, BLOCK_N))
+    return n_blocks
+
+
+@gluon.jit
+def _first_masked_block(row_start, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    # Blocks before this index need no mask for rows >= row_start: fully inside seqlen_k and, when
+    # causal, fully at or below the diagonal of the first row.
+    first = seqlen_k // BLOCK_N
+    if CAUSAL:
+        first = gl.minimum(first, gl.maximum(row_start + seqlen_k - seqlen_q + 1, 0) // BLOCK_N)
+    return first
+
+
+@gluon.jit
+def _consumer_next_tile(tile, tile_iter, num_tiles, tile_slot, tile_ready, tile_empty,
+                        SCHEDULER: gl.constexpr):
+    # "single"/"static": the next tile is one grid further. "dynamic": the producer publishes it in
+    # shared memory; read it, then tell the producer the slot is free.
+    if SCHEDULER == 2:
+        mbarrier.wait(tile_ready, (tile_iter - 1) & 1)
+        tile = gl.max(tile_slot.load(gl.BlockedLayout([1], [32], [4], [0])), axis=0)
+        mbarrier.arrive(tile_empty)
+    elif SCHEDULER == 1:
+        tile = tile + gl.num_programs(0)
+    else:
+        tile = num_tiles  # one tile per CTA
+    return tile
+
+
+@gluon.jit
+def _apply_mask(s, row_start, col_start, seqlen_q, seqlen_k, s_layout: gl.constexpr,
+                HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    # Keep column c of row r iff c < end(r): a per-row bound, relative to the block, compared with
+    # constant column offsets (cheaper, and no tile-invariant predicates for ptxas to keep live).
+    rows = row_start + gl.arange(0, HALF_M, gl.SliceLayout(1, s_layout))
+    col_end = gl.full([HALF_M], seqlen_k - col_start, gl.int32, gl.SliceLayout(1, s_layout))
+    if CAUSAL:
+        col_end = gl.minimum(col_end, rows + (seqlen_k - seqlen_q + 1 - col_start))
+    cols = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
+    return gl.where(cols[None, :] < col_end[:, None], s, -float("inf"))
+
+
+@gluon.jit
+def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
+              seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, group_size,
+              heads_per_section, num_tiles,
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, KV_STAGES: gl.constexpr,
+              CAUSAL: gl.constexpr, SCHEDULER: gl.constexpr):
+    q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty = bars
+    HALF_M: gl.constexpr = BLOCK_M // 2
+    kv_iter = 0
+    tile_iter = 0
+    tile = gl.program_id(0)
+    while tile < num_tiles:
+        m_block, bh = _tile_coords(tile, num_m_blocks, num_heads_total, heads_per_section, CAUSAL)
+        b = bh // num_heads
+        h = bh - b * num_heads
+        kv_h = h // group_size
+        m_start = m_block * BLOCK_M
+        for w in gl.static_range(2):
+            mbarrier.wait(q_empty.index(w), (tile_iter & 1) ^ 1)
+            mbarrier.expect(q_ready.index(w), q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [b, m_start + w * HALF_M, h, 0], q_ready.index(w),
+                                            q_smem.index(w))
+        n_blocks = _num_kv_blocks(m_block, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+        for j in range(n_blocks):
+            stage = kv_iter % KV_STAGES
+            empty_phase = ((kv_iter // KV_STAGES) & 1) ^ 1
+            mbarrier.wait(k_empty.index(stage), empty_phase)
+            mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(k_desc, [b, j * BLOCK_N, kv_h, 0], k_ready.index(stage),
+                                            k_smem.index(stage))
+            mbarrier.wait(v_empty.index(stage), empty_phase)
+            mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(v_desc, [b, j * BLOCK_N, kv_h, 0], v_ready.index(stage),
+                                            v_smem.index(stage))
+            kv_iter += 1
+        if SCHEDULER == 2:
+            # Take the next tile from the global counter (the first grid-size tiles went to the
+            # CTAs by program id) and hand it to both consumers once they have read the last one.
+            tile = gl.atomic_add(tile_counter, 1) + gl.num_programs(0)
+            mbarrier.wait(tile_empty, (tile_iter & 1) ^ 1)
+            tile_slot.store(gl.full([128], tile, gl.int32, gl.BlockedLayout([4], [32], [1], [0])))
+            mbarrier.arrive(tile_ready)
+        else:
+            tile += gl.num_programs(0)
+        tile_iter += 1
+
+
+@gluon.jit
+def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale,
+              seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section,
+              num_tiles,
+              WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+              KV_STAGES: gl.constexpr, CAUSAL: gl.constexpr, SCHEDULER: gl.constexpr,
+              RESCALE_THRESHOLD: gl.constexpr):
+    q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty = bars
+    HALF_M: gl.constexpr = BLOCK_M // 2
+    dtype: gl.constexpr = q_smem.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+    LN2: gl.constexpr = 0.6931471805599453
+
+    q_buf = q_smem.index(WG)
+    kv_iter = 0
+    tile_iter = 0
+    tile = gl.program_id(0)
+    while tile < num_tiles:
+        m_block, bh = _tile_coords(tile, num_m_blocks, num_heads_total, heads_per_section, CAUSAL)
+        b = bh // num_heads
+        h = bh - b * num_heads
+        row_start = m_block * BLOCK_M + WG * HALF_M
+        n_blocks = _num_kv_blocks(m_block, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+        n_mine = n_blocks
+        if CAUSAL:
+            # warpgroup 0 sits 64 rows above warpgroup 1: its last block(s) can be fully masked
+            n_mine = gl.minimum(n_blocks, gl.cdiv(gl.maximum(row_start + HALF_M + seqlen_k - seqlen_q, 0),
+                                                  BLOCK_N))
+        first_masked = _first_masked_block(row_start, seqlen_q, seqlen_k, BLOCK_N, CAUSAL)
+
+        m_i = gl.full([HALF_M], -float("inf"), gl.float32, s_rows)
+        l_i = gl.zeros([HALF_M], gl.float32, s_rows)
+        o = gl.zeros([HALF_M, HEAD_DIM], gl.float32, o_layout)
+        mbarrier.wait(q_ready.index(WG), tile_iter & 1)
+        if n_mine > 0:
+            # Block 0: S = Q K^T, softmax, no O yet.
+            stage = kv_iter % KV_STAGES
+            mbarrier.wait(k_ready.index(stage), (kv_iter // KV_STAGES) & 1)
+            s = warpgroup_mma(q_buf, k_smem.index(stage).permute((1, 0)),
+                              gl.zeros([HALF_M, BLOCK_N], gl.float32, s_layout), use_acc=False,
+                              is_async=True)
+            s = warpgroup_mma_wait(0, deps=(s, ))
+            mbarrier.arrive(k_empty.index(stage))
+            if first_masked <= 0:
+                s = _apply_mask(s, row_start, 0, seqlen_q, seqlen_k, s_layout, HALF_M, BLOCK_N, CAUSAL)
+            m_i = gl.max(s, axis=1)
+            m_scaled = gl.where(m_i == -float("inf"), 0.0, m_i * qk_scale)
+            p_f32 = gl.exp2(s * qk_scale - m_scaled[:, None])
+            l_i = gl.sum(p_f32, axis=1)
+            p = gl.convert_layout(p_f32.to(dtype), p_layout)
+            prev_stage = stage
+            prev_phase = (kv_iter // KV_STAGES) & 1
+            kv_iter += 1
+            # (re)define O only now, so its zeros are not live through block 0's softmax
+            o = gl.zeros([HALF_M, HEAD_DIM], gl.float32, o_layout)
+            for j in range(1, n_mine):
+                # Issue S_j = Q K_j^T, then O += P_{j-1} V_{j-1}; the softmax of S_j overlaps the PV.
+                stage = kv_iter % KV_STAGES
+                mbarrier.wait(k_ready.index(stage), (kv_iter // KV_STAGES) & 1)
+                s = warpgroup_mma(q_buf, k_smem.index(stage).permute((1, 0)),
+                                  gl.zeros([HALF_M, BLOCK_N], gl.float32, s_layout), use_acc=False,
+                                  is_async=True)
+                mbarrier.wait(v_ready.index(prev_stage), prev_phase)
+                o = warpgroup_mma(p, v_smem.index(prev_stage), o, is_async=True)
+                s = warpgroup_mma_wait(1, deps=(s, ))
+                mbarrier.arrive(k_empty.index(stage))
+                if j >= first_masked:
+                    s = _apply_mask(s, row_start, j * BLOCK_N, seqlen_q, seqlen_k, s_layout, HALF_M,
+                                    BLOCK_N, CAUSAL)
+                m_new = gl.maximum(m_i, gl.max(s, axis=1))
+                if RESCALE_THRESHOLD > 0:
+                    # Lazy rescale: keep the stale max (P <= 2^threshold) unless some row of the
+                    # warpgroup grew by more than the threshold; then O needs no multiply at all.
+                    grow = gl.max(((m_new - m_i) * qk_scale > RESCALE_THRESHOLD).to(gl.int32), axis=0)
+                    m_new = gl.where(grow > 0, m_new, m_i)
+                m_scaled = gl.where(m_new == -float("inf"), 0.0, m_new * qk_scale)
+                alpha = gl.exp2(m_i * qk_scale - m_scaled)
+                p_f32 = gl.exp2(s * qk_scale - m_scaled[:, None])
+                l_i = l_i * alpha + gl.sum(p_f32, axis=1)
+                m_i = m_new
+                o, p = warpgroup_mma_wait(0, deps=(o, p))
+                mbarrier.arrive(v_empty.index(prev_stage))
+                if RESCALE_THRESHOLD > 0:
+                    if grow > 0:
+                        o = o * gl.convert_layout(alpha, o_rows, assert_trivial=True)[:, None]
+                else:
+                    o = o * gl.convert_layout(alpha, o_rows, assert_trivial=True)[:, None]
+                p = gl.convert_layout(p_f32.to(dtype), p_layout)
+                prev_stage = stage
+                prev_phase = (kv_iter // KV_STAGES) & 1
+                kv_iter += 1
+            mbarrier.wait(v_ready.index(prev_stage), prev_phase)
+            o = warpgroup_mma(p, v_smem.index(prev_stage), o, is_async=True)
+            o, p = warpgroup_mma_wait(0, deps=(o, p))
+            mbarrier.arrive(v_empty.index(prev_stage))
+        for j in range(n_mine, n_blocks):
+            # Blocks the other warpgroup needs but these rows cannot see: release them unread.
+            stage = kv_iter % KV_STAGES
+            mbarrier.wait(k_ready.index(stage), (kv_iter // KV_STAGES) & 1)
+            mbarrier.arrive(k_empty.index(stage))
+            mbarrier.wait(v_ready.index(stage), (kv_iter // KV_STAGES) & 1)
+            mbarrier.arrive(v_empty.index(stage))
+            kv_iter += 1
+
+        # Epilogue: normalise, write lse, stage O in this warpgroup's (now dead) Q half and
+        # TMA-store it (the store clips rows beyond seqlen_q); then the producer may reload Q.
+        l_o = gl.convert_layout(l_i, o_rows, assert_trivial=True)
+        o = o * gl.where(l_o > 0.0, 1.0 / l_o, 0.0)[:, None]
+        lse = gl.where(l_i > 0.0, (m_i * qk_scale + gl.log2(l_i)) * LN2, -float("inf"))
+        rows = row_start + gl.arange(0, HALF_M, s_rows)
+        gl.store(lse_ptr + bh.to(gl.int64) * seqlen_q + rows, lse, mask=rows < seqlen_q)
+        q_buf.store(o.to(dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(o_desc, [b, row_start, h, 0], q_buf)
+        tma.store_wait(0)
+        gl.thread_barrier()  # each warp waited for its own store; now all of them are done
+        mbarrier.arrive(q_empty.index(WG))
+        tile_iter += 1
+        tile = _consumer_next_tile(tile, tile_iter, num_tiles, tile_slot, tile_ready, tile_empty,
+                                   SCHEDULER)
+
+
+# Worker partitions take no Python-int arguments (only IR values and constexprs passed through), so
+# warpgroup 1 gets its own entry point that fixes WG=1.
+@gluon.jit
+def _second_consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale,
+                     seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section,
+                     num_tiles,
+                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                     KV_STAGES: gl.constexpr, CAUSAL: gl.constexpr, SCHEDULER: gl.constexpr,
+                     RESCALE_THRESHOLD: gl.constexpr):
+    _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale, seqlen_q, seqlen_k,
+              num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles, 1, BLOCK_M,
+              BLOCK_N, HEAD_DIM, KV_STAGES, CAUSAL, SCHEDULER, RESCALE_THRESHOLD)
+
+
+# Sizes are not specialised (no recompiles for seqlen 1 or odd lengths); only the constexprs are.
+@gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_heads", "group_size", "heads_per_section",
+                              "num_m_blocks", "num_heads_total", "num_tiles"])
+def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, tile_counter, qk_scale,
+                         seqlen_q, seqlen_k, num_heads, group_size, heads_per_section,
+                         num_m_blocks, num_heads_total, num_tiles,
+                         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                         KV_STAGES: gl.constexpr, CAUSAL: gl.constexpr, SCHEDULER: gl.constexpr,
+                         RESCALE_THRESHOLD: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                         PRODUCER_REGS: gl.constexpr):
+    HALF_M: gl.constexpr = BLOCK_M // 2
+    dtype: gl.constexpr = q_desc.dtype
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HALF_M, HEAD_DIM], dtype)
+    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
+    q_smem = gl.allocate_shared_memory(dtype, [2, HALF_M, HEAD_DIM], q_layout)
+    k_smem = gl.allocate_shared_memory(dtype, [KV_STAGES, BLOCK_N, HEAD_DIM], kv_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [KV_STAGES, BLOCK_N, HEAD_DIM], kv_layout)
+    tile_slot = gl.allocate_shared_memory(gl.int32, [128], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+
+    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [KV_STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [KV_STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [KV_STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [KV_STAGES, 1], mbarrier.MBarrierLayout())
+    tile_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    tile_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    for w in gl.static_range(2):
+        mbarrier.init(q_ready.index(w), count=1)
+        mbarrier.init(q_empty.index(w), count=1)
+    for i in gl.static_range(KV_STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        # both consumer warpgroups release each K and V slot
+        mbarrier.init(k_empty.index(i), count=2)
+        mbarrier.init(v_empty.index(i), count=2)
+    mbarrier.init(tile_ready, count=1)
+    mbarrier.init(tile_empty, count=2)
+    bars = (q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty)
+
+    gl.warp_specialize([
+        (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale, seqlen_q,
+                     seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles, 0,
+                     BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES, CAUSAL, SCHEDULER, RESCALE_THRESHOLD)),
+        (_second_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale, seqlen_q,
+                            seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section,
+                            num_tiles, BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES, CAUSAL, SCHEDULER,
+                            RESCALE_THRESHOLD)),
+        (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
+                     seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, group_size,
+                     heads_per_section, num_tiles, BLOCK_M, BLOCK_N, KV_STAGES, CAUSAL, SCHEDULER)),
+    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+
+
+# --------------------------------------------------------------------------------------------------
+# Host side
+# --------------------------------------------------------------------------------------------------
+_GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
+_SIG_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+_SM_COUNT: dict[int, int] = {}
+_UNUSED_COUNTER: dict[torch.device, torch.Tensor] = {}
+
+
+def _tma_compatible(t: torch.Tensor) -> bool:
+    size = t.element_size()
+    return (t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+            and all((stride * size) % 16 == 0 for stride in t.stride()[:-1]))
+
+
+def _tma_operand(t: torch.Tensor) -> torch.Tensor:
+    # TMA needs a 16-byte aligned base and 16-byte aligned strides; copy only when they are not.
+    if _tma_compatible(t):
+        return t
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+
+
+def _io_block(cfg: Sm90FwdConfig, rows: int) -> list[int]:
+    # TMA box over the (batch, seqlen, heads, head_dim) tensor: `rows` tokens of one head
+    return [1, rows, 1, cfg.head_dim]
+
+
+def _smem_layout(cfg: Sm90FwdConfig, rows: int, gl_dtype):
+    return gl.NVMMASharedLayout.get_default_for(_io_block(cfg, rows), gl_dtype)
+
+
+def _descriptor(t: torch.Tensor, cfg: Sm90FwdConfig, rows: int) -> TensorDescriptor:
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), _io_block(cfg, rows),
+                            _smem_layout(cfg, rows, _GL_DTYPES[t.dtype]))
+
+
+def _scheduler_name(scheduler: str | None) -> str:
+    name = scheduler or os.environ.get("FLASH256_SCHEDULER", "single")
+    if name not in SCHEDULERS:
+        raise ValueError(f"FLASH256_SCHEDULER / scheduler must be one of {SCHEDULERS}, got {name!r}")
+    return name
+
+
+def _heads_per_section(seqlen_k: int, cfg: Sm90FwdConfig, group_size: int) -> int:
+    kv_bytes_per_query_head = 2 * seqlen_k * cfg.head_dim * cfg.elem_bytes / group_size
+    return max(1, int(L2_SECTION_BYTES // max(kv_bytes_per_query_head, 1)))
+
+
+def sm90_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> bool:
+    """True when sm90_forward handles these inputs (the dispatcher falls back otherwise)."""
+    if not (q.is_cuda and k.is_cuda and v.is_cuda):
+        return False
+    if torch.cuda.get_device_capability(q.device) != (9, 0):
+        return False
+    if q.dtype not in _GL_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        return False
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
+        return False
+    batch, _, nheads, head_dim = q.shape
+    if head_dim not in CONFIGS or k.shape[0] != batch or k.shape[3] != head_dim:
+        return False
+    if k.shape[2] == 0 or nheads % k.shape[2] != 0:
+        return False
+    # last dim contiguous; other misalignment is fixed by a copy in the launcher
+    return q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
+
+
+def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
+                 scheduler: str | None = None, config: Sm90FwdConfig | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention forward on Hopper. Returns (out (B, Sq, H, D), lse (B, H, Sq) float32, natural log).
+
+    scheduler: "single" | "static" | "dynamic" (default: FLASH256_SCHEDULER, else "single");
+    config: a tuning override of CONFIGS[head_dim].
+    """
+    batch, seqlen_q, nheads, head_dim = q.shape
+    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    cfg = config or CONFIGS[head_dim]
+    sched = _scheduler_name(scheduler)
+    q, k, v = _tma_operand(q), _tma_operand(k), _tma_operand(v)
+    out = torch.empty((batch, seqlen_q, nheads, head_dim), dtype=q.dtype, device=q.device)
+    lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
+
+    half_m = cfg.block_m // 2
+    q_desc = _descriptor(q, cfg, half_m)
+    o_desc = _descriptor(out, cfg, half_m)
+    k_desc = _descriptor(k, cfg, cfg.block_n)
+    v_desc = _descriptor(v, cfg, cfg.block_n)
+
+    group_size = nheads // nheads_kv
+    num_m_blocks = triton.cdiv(seqlen_q, cfg.block_m)
+    num_heads_total = batch * nheads
+    num_tiles = num_m_blocks * num_heads_total
+    if sched == "single":
+        grid = num_tiles
+    else:
+        dev = q.device.index if q.device.index is not None else torch.cuda.current_device()
+        if dev not in _SM_COUNT:
+            _SM_COUNT[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
+        grid = min(num_tiles, _SM_COUNT[dev])
+    # the dynamic scheduler's tile counter must start at zero on every launch; others ignore it
+    if sched == "dynamic":
+        tile_counter = torch.zeros(1, dtype=torch.int32, device=q.device)
+    else:
+        if q.device not in _UNUSED_COUNTER:
+            _UNUSED_COUNTER[q.device] = torch.zeros(1, dtype=torch.int32, device=q.device)
+        tile_counter = _UNUSED_COUNTER[q.device]
+    sm90_attn_fwd_kernel[(grid, )](
+        q_desc, k_desc, v_desc, o_desc, lse, tile_counter, softmax_scale * math.log2(math.e),
+        seqlen_q, seqlen_k, nheads, group_size, _heads_per_section(seqlen_k, cfg, group_size),
+        num_m_blocks, num_heads_total, num_tiles,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, KV_STAGES=cfg.kv_stages,
+        CAUSAL=bool(causal), SCHEDULER=_SCHEDULER_IDS[sched], RESCALE_THRESHOLD=cfg.rescale_threshold,
+        CONSUMER_REGS=cfg.consumer_regs,
+        PRODUCER_REGS=cfg.producer_regs, num_warps=4, maxnreg=cfg.launch_maxnreg)
+    return out, lse
+
+
+# --------------------------------------------------------------------------------------------------
+# Compiling without a GPU (for `python -m flash256.inspect` and resource checks)
+# --------------------------------------------------------------------------------------------------
+def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
+                 dtype: torch.dtype = torch.bfloat16):
+    """triton.compile the kernel for sm_90a (GPUTarget('cuda', 90, 32)); needs no GPU."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    gl_dtype, sig_dtype = _GL_DTYPES[dtype], _SIG_DTYPES[dtype]
+
+    def desc_sig(rows):
+        return f"tensordesc<{sig_dtype}{_io_block(cfg, rows)},{_smem_layout(cfg, rows, gl_dtype)!r}>"
+
+    half_m = cfg.block_m // 2
+    constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim,
+                      KV_STAGES=cfg.kv_stages, CAUSAL=bool(causal), SCHEDULER=_SCHEDULER_IDS[scheduler],
+                      RESCALE_THRESHOLD=cfg.rescale_threshold, CONSUMER_REGS=cfg.consumer_regs,
+                      PRODUCER_REGS=cfg.producer_regs)
+    signature = dict(q_desc=desc_sig(half_m), k_desc=desc_sig(cfg.block_n), v_desc=desc_sig(cfg.block_n),
+                     o_desc=desc_sig(half_m), lse_ptr="*fp32", tile_counter="*i32", qk_scale="fp32",
+                     seqlen_q="i32", seqlen_k="i32", num_heads="i32", group_size="i32",
+                     heads_per_section="i32", num_m_blocks="i32", num_heads_total="i32", num_tiles="i32")
+    signature.update({name: "constexpr" for name in constexprs})
+    # torch allocations are 16-byte aligned: the JIT marks such pointers divisible by 16, do the same
+    aligned = {(list(signature).index(name), ): [["tt.divisibility", 16]]
+               for name in ("lse_ptr", "tile_counter")}
+    src = GluonASTSource(sm90_attn_fwd_kernel, signature, constexprs=constexprs, attrs=aligned)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": 4, "maxnreg": cfg.launch_maxnreg})
+
+
+def inspect_cases(arch: int = 90, schedulers: tuple[str, ...] = ("single", )) -> list[dict]:
+    """Shipped configurations for `python -m flash256.inspect`: [{"kernel", "config", "compile"}],
+    "compile" being a zero-argument callable returning the sm_90a CompiledKernel. Only sm_90 has
+    this kernel. The default scheduler only: the persistent ones ("static", "dynamic") still keep a
+    few loop-invariant scalars in local memory (see NOTES.md); pass schedulers=SCHEDULERS to see them.
+    """
+    if arch != 90:
+        return []
+    cases = []
+    for cfg in CONFIGS.values():
+        for causal in (False, True):
+            for scheduler in schedulers:
+                cases.append({
+                    "kernel": "sm90_attn_fwd_kernel",
+                    "config": f"{cfg.describe()} causal={causal} scheduler={scheduler}",
+                    "compile": (lambda cfg=cfg, causal=causal, scheduler=scheduler:
+                                compile_sm90(cfg, causal, scheduler)),
+                })
+    return cases
+
+
+def resource_usage(compiled) -> dict:
+    """Registers, spill stores/loads and shared memory of a compiled kernel, via triton's cuobjdump."""
+    import re
+    import subprocess
+    import tempfile
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        res = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([cuobjdump, "--dump-sass", f.name], capture_output=True, text=True).stdout
+    regs = re.search(r"REG:(\d+)", res)
+    stack = re.search(r"STACK:(\d+)", res)
+    return {
+        "registers_at_launch": int(regs.group(1)) if regs else None,
+        "stack_bytes": int(stack.group(1)) if stack else None,
+        "local_loads_stores": len(re.findall(r"\b(?:LDL|STL)\b", sass)),
+        "setmaxnreg": sorted({int(n, 16)
+                              for n in re.findall(r"USETMAXREG\.[\w.]+ (?:UP\d, )?(0x[0-9a-f]+)", sass)}),
+        "hgmma": len(re.findall(r"\bHGMMA\b", sass)),
+        "shared_bytes": compiled.metadata.shared,
+        "shared_ok": compiled.metadata.shared <= SMEM_LIMIT_BYTES,
+    }
+
+
+if __name__ == "__main__":
+    for case in inspect_cases(90, SCHEDULERS):
+        print(case["config"], resource_usage(case["compile"]()), flush=True)

@@ -1,0 +1,119 @@
+"""Model features against the reference: softcap, learnable sinks, varlen, and combinations."""
+import pytest
+import torch
+
+import flash256
+from flash256.reference import attention_ref
+from flash256.testing import accuracy_check, check_against_reference, reference_results
+from conftest import DEVICE
+from test_attention import make_inputs, run_and_check
+
+
+@pytest.mark.parametrize("softcap,causal", [(50.0, False), (5.0, True)])
+@pytest.mark.parametrize("head_dim", [64, 256])
+def test_softcap(softcap, causal, head_dim):
+    torch.manual_seed(10)
+    q, k, v = make_inputs(1, 97, 131, 4, 2, head_dim, torch.float16)
+    q = q * 3  # large scores, so the cap really bends them
+    run_and_check(q, k, v, causal=causal, softcap=softcap)
+
+
+def _sink_case(causal, seqlens=(90, 120), window=(-1, -1), softcap=0.0, head_dim=64):
+    torch.manual_seed(11)
+    q, k, v = make_inputs(1, *seqlens, 4, 2, head_dim, torch.float16)
+    sink = torch.randn(4, device=DEVICE, dtype=torch.float32) * 2
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, sink)]
+    out, lse = flash256.flash_attn_func(*leaves[:3], causal=causal, window_size=window,
+                                        softcap=softcap, learnable_sink=leaves[3], return_lse=True)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves, dout)
+    options = dict(causal=causal, window_size=window, softcap=softcap)
+    results = []
+    for upcast in (True, False):
+        ref_leaves = [t.clone().requires_grad_() for t in (q, k, v, sink)]
+        ref_out, ref_lse = attention_ref(*ref_leaves[:3], learnable_sink=ref_leaves[3],
+                                         upcast=upcast, **options)
+        results.append((ref_out, ref_lse, torch.autograd.grad(ref_out, ref_leaves, dout)))
+    (ref_out, ref_lse, ref_grads), (low_out, _, low_grads) = results
+    checks = [accuracy_check("out", out, ref_out, low_out)]
+    checks += [accuracy_check(n, g, r, lo) for n, g, r, lo in zip(("dq", "dk", "dv"), grads, ref_grads, low_grads)]
+    failures = [msg for ok, msg in checks if not ok]
+    assert not failures, failures
+    assert (lse - ref_lse).abs().max().item() < 1e-3
+    # The sink gradient has no low-precision twin in the rule: compare with a relative bound.
+    dsink, ref_dsink = grads[3], ref_grads[3]
+    assert ref_dsink.abs().max() > 1e-3
+    assert (dsink - ref_dsink).abs().max().item() <= 1e-2 * ref_dsink.abs().max().item() + 1e-4
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_learnable_sink(causal):
+    _sink_case(causal)
+
+
+def test_sink_rows_without_keys():
+    """seqlen_q > seqlen_k, causal: early rows see only the sink: out 0, lse = sink."""
+    _sink_case(True, seqlens=(100, 40))
+
+
+def test_combined_window_softcap_sink_gqa_causal():
+    _sink_case(True, seqlens=(150, 170), window=(32, 0), softcap=30.0, head_dim=128)
+
+
+def _varlen_case(seqlens_q, seqlens_k, causal=False, window=(-1, -1), softcap=0.0, sink=False,
+                 head_dim=64, nheads=4, nheads_kv=2):
+    """Varlen output and grads must equal running each sequence on its own (to rounding)."""
+    torch.manual_seed(12)
+    dtype = torch.float16
+    total_q, total_k = sum(seqlens_q), sum(seqlens_k)
+    q = torch.randn(total_q, nheads, head_dim, device=DEVICE, dtype=dtype)
+    k = torch.randn(total_k, nheads_kv, head_dim, device=DEVICE, dtype=dtype)
+    v = torch.randn(total_k, nheads_kv, head_dim, device=DEVICE, dtype=dtype)
+    sink_t = torch.randn(nheads, device=DEVICE) if sink else None
+    cu_q = torch.tensor([0] + list(torch.tensor(seqlens_q).cumsum(0)), dtype=torch.int32, device=DEVICE)
+    cu_k = torch.tensor([0] + list(torch.tensor(seqlens_k).cumsum(0)), dtype=torch.int32, device=DEVICE)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse = flash256.flash_attn_varlen_func(
+        *leaves, cu_q, cu_k, max(seqlens_q), max(seqlens_k), causal=causal, window_size=window,
+        softcap=softcap, learnable_sink=sink_t, return_lse=True)
+    assert out.shape == q.shape and lse.shape == (nheads, total_q)
+    dout = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, leaves, dout)
+    options = dict(causal=causal, window_size=window, softcap=softcap)
+    for b in range(len(seqlens_q)):
+        sq, sk = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
+        if seqlens_q[b] == 0:
+            continue
+        seq = [t[s][None] for t, s in ((q, sq), (k, sk), (v, sk))]
+        if seqlens_k[b] == 0:
+            expected_lse = sink_t[:, None].expand(-1, seqlens_q[b]) if sink else float("-inf")
+            assert torch.all(out[sq] == 0) and torch.all(dq[sq] == 0)
+            assert torch.all(lse[:, sq] == expected_lse)
+            continue
+        actual = {"out": out[sq][None], "dq": dq[sq][None], "dk": dk[sk][None], "dv": dv[sk][None]}
+        if sink:
+            ref_out, ref_lse = attention_ref(*seq, learnable_sink=sink_t, **options)
+            assert (actual["out"] - ref_out).abs().max().item() < 2e-3
+            continue
+        failures = check_against_reference(actual, *seq, dout[sq][None], **options)
+        assert not failures, (b, failures)
+        ref_lse = reference_results(*seq, **options)[0]["lse"][0]
+        finite = torch.isfinite(ref_lse)
+        assert torch.equal(torch.isfinite(lse[:, sq]), finite)
+        assert (lse[:, sq][finite] - ref_lse[finite]).abs().max().item() < 1e-3
+
+
+def test_varlen():
+    _varlen_case([37, 64, 1, 100], [50, 64, 7, 100])
+
+
+def test_varlen_causal_with_empty_sequences():
+    _varlen_case([30, 0, 70, 20], [45, 10, 70, 0], causal=True)
+
+
+def test_varlen_combined():
+    _varlen_case([40, 90], [60, 90], causal=True, window=(24, 0), softcap=20.0, head_dim=128)
+
+
+def test_varlen_sink():
+    _varlen_case([40, 90, 12], [60, 90, 0], causal=True, sink=True)
