@@ -60,3 +60,14 @@ BACKWARD_DQ = {
 }
 # Preprocess (delta = rowsum(dO * O)): a bandwidth-bound row reduction.
 PREPROCESS_BLOCK_M = 64
+
+
+# exp2 emulation (flash256.ex2): eighths of each forward score tile whose exp2 runs as an FMA
+# polynomial instead of MUFU.EX2, per (head_dim, causal). Overridden by the
+# `exp2_poly_fraction` argument or FLASH256_EXP2_POLY_FRACTION. 0 everywhere until the H100
+# sweep (BENCHMARKS.md) shows a gain; the backward always uses the hardware exp2.
+EXP2_POLY_EIGHTHS: dict[tuple[int, bool], int] = {}
+
+
+def exp2_poly_eighths(head_dim: int, causal: bool) -> int:
+    return EXP2_POLY_EIGHTHS.get((padded_head_dim(head_dim), causal), 0)

@@ -29,6 +29,7 @@ class AttentionArgs:
     max_seqlen_q: int
     max_seqlen_k: int
     deterministic: bool
+    exp2_poly_eighths: int = 0              # eighths of each score tile's exp2 on the FMA pipe
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ def _sm90_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
 
 
 def _sm90_forward(q, k, v, args):
-    out, lse = sm90_fwd.sm90_forward(q, k, v, args.softmax_scale, args.causal)
+    out, lse = sm90_fwd.sm90_forward(q, k, v, args.softmax_scale, args.causal,
+                                     poly_eighths=args.exp2_poly_eighths)
     return out, lse.transpose(0, 1).reshape(q.shape[2], -1)  # (b, h, s) -> the (h, rows) layout
 
 

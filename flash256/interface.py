@@ -8,11 +8,12 @@ input is 4-D (batch, seqlen, heads, head_dim) — a packed varlen batch is (1, t
 and LSE is kept as (heads, rows); the public functions reshape at the edges.
 """
 import math
+import os
 from typing import Optional
 
 import torch
 
-from . import dispatch
+from . import configs, dispatch
 from .dispatch import AttentionArgs
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
@@ -77,9 +78,10 @@ def _check_cu_seqlens(name, cu, total, device):
 # --- custom ops --------------------------------------------------------------------------
 
 def _args(sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-          window_left, window_right, softcap, deterministic) -> AttentionArgs:
+          window_left, window_right, softcap, deterministic, exp2_poly_eighths=0) -> AttentionArgs:
     return AttentionArgs(softmax_scale, causal, (window_left, window_right), softcap, sink,
-                         cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, deterministic)
+                         cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, deterministic,
+                         exp2_poly_eighths)
 
 
 @torch.library.custom_op("flash256::forward", mutates_args=())
@@ -87,9 +89,9 @@ def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: Optiona
                 cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
                 max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, causal: bool,
                 window_left: int, window_right: int, softcap: float, deterministic: bool,
-                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+                exp2_poly_eighths: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     args = _args(sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-                 causal, window_left, window_right, softcap, deterministic)
+                 causal, window_left, window_right, softcap, deterministic, exp2_poly_eighths)
     batch, seqlen_q, nheads, _ = q.shape
     if q.numel() == 0 or k.numel() == 0 or (cu_seqlens_q is not None and cu_seqlens_q.numel() < 2):
         out = torch.zeros(q.shape, device=q.device, dtype=q.dtype)
@@ -103,7 +105,7 @@ def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: Optiona
 
 @_forward_op.register_fake
 def _(q, k, v, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-      causal, window_left, window_right, softcap, deterministic, backend):
+      causal, window_left, window_right, softcap, deterministic, exp2_poly_eighths, backend):
     batch, seqlen_q, nheads, _ = q.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), \
         q.new_empty((nheads, batch * seqlen_q), dtype=torch.float32)
@@ -115,10 +117,10 @@ def _backward_op(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tens
                  sink: Optional[torch.Tensor], cu_seqlens_q: Optional[torch.Tensor],
                  cu_seqlens_k: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int,
                  softmax_scale: float, causal: bool, window_left: int, window_right: int,
-                 softcap: float, deterministic: bool, backend: str
+                 softcap: float, deterministic: bool, exp2_poly_eighths: int, backend: str
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     args = _args(sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-                 causal, window_left, window_right, softcap, deterministic)
+                 causal, window_left, window_right, softcap, deterministic, exp2_poly_eighths)
     no_sink_grad = torch.zeros(0, device=q.device, dtype=torch.float32)
     if q.numel() == 0 or k.numel() == 0 or (cu_seqlens_q is not None and cu_seqlens_q.numel() < 2):
         dsink = torch.zeros_like(sink, dtype=torch.float32) if sink is not None else no_sink_grad
@@ -160,19 +162,36 @@ _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 # --- public functions --------------------------------------------------------------------
 
+def _exp2_poly_eighths(fraction, head_dim, causal) -> int:
+    """The exp2 emulation share in eighths: argument, else FLASH256_EXP2_POLY_FRACTION, else the
+    per-(head_dim, causal) default of configs.EXP2_POLY_EIGHTHS."""
+    source = "exp2_poly_fraction"
+    if fraction is None and os.environ.get("FLASH256_EXP2_POLY_FRACTION"):
+        fraction, source = float(os.environ["FLASH256_EXP2_POLY_FRACTION"]), "FLASH256_EXP2_POLY_FRACTION"
+    if fraction is None:
+        return configs.exp2_poly_eighths(head_dim, causal)
+    eighths = fraction * 8
+    if not (0 <= eighths <= 7 and eighths == int(eighths)):
+        raise ValueError(f"{source} must be a multiple of 1/8 in [0, 7/8] (the last eighth of "
+                         f"each tile stays on the hardware exp2), got {fraction!r}")
+    return int(eighths)
+
+
 def _run(q4, k4, v4, learnable_sink, cu_q, cu_k, max_q, max_k, softmax_scale, causal,
-         window_size, softcap, deterministic, backend):
+         window_size, softcap, deterministic, exp2_poly_fraction, backend):
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q4.shape[-1])
     if backend not in dispatch.backend_names():
         raise ValueError(f"backend must be one of {dispatch.backend_names()}, got {backend!r}")
+    eighths = _exp2_poly_eighths(exp2_poly_fraction, q4.shape[-1], causal)
     return _forward_op(q4, k4, v4, learnable_sink, cu_q, cu_k, int(max_q), int(max_k),
                        float(softmax_scale), bool(causal), int(window_size[0]), int(window_size[1]),
-                       float(softcap), bool(deterministic), backend)
+                       float(softcap), bool(deterministic), eighths, backend)
 
 
 def attention(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-              learnable_sink=None, return_lse=False, deterministic=False, backend="auto"):
+              learnable_sink=None, return_lse=False, deterministic=False, backend="auto",
+              exp2_poly_fraction=None):
     """flash_attn_func with a choice of implementation: backend is "auto" (the fastest that
     supports the call on this device), "portable" (tl kernels) or "sm90" (Hopper fast path)."""
     _check_tensor("q", q, 4, "(batch, seqlen, nheads, headdim)")
@@ -182,7 +201,7 @@ def attention(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), s
     if k.shape[0] != q.shape[0]:
         raise ValueError(f"k, v batch size {k.shape[0]} does not match q batch size {q.shape[0]}")
     out, lse = _run(q, k, v, learnable_sink, None, None, q.shape[1], k.shape[1], softmax_scale,
-                    causal, window_size, softcap, deterministic, backend)
+                    causal, window_size, softcap, deterministic, exp2_poly_fraction, backend)
     if not return_lse:
         return out
     batch, seqlen_q, nheads, _ = q.shape
@@ -190,7 +209,8 @@ def attention(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), s
 
 
 def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                    return_lse=False, deterministic=False, learnable_sink=None):
+                    return_lse=False, deterministic=False, learnable_sink=None,
+                    exp2_poly_fraction=None):
     """Exact attention, flash-attn conventions.
 
     q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_kv, headdim);
@@ -202,16 +222,18 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, 
     Returns out (batch, seqlen_q, nheads, headdim), or (out, lse) with lse
     (batch, nheads, seqlen_q) fp32, natural log, when return_lse. Differentiable in q, k, v,
     learnable_sink (and through lse). deterministic=True asks for run-to-run bit-identical
-    gradients.
+    gradients. exp2_poly_fraction (a multiple of 1/8 up to 7/8) moves that share of the
+    forward softmax's exp2 from the special-function unit to an FMA polynomial (FA4's trick;
+    None: FLASH256_EXP2_POLY_FRACTION or the measured default, 0: off).
     """
     return attention(q, k, v, softmax_scale, causal, window_size, softcap, learnable_sink,
-                     return_lse, deterministic)
+                     return_lse, deterministic, exp2_poly_fraction=exp2_poly_fraction)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                            return_lse=False, deterministic=False, learnable_sink=None,
-                           backend="auto"):
+                           exp2_poly_fraction=None, backend="auto"):
     """Attention over packed variable-length sequences, flash-attn conventions.
 
     q: (total_q, nheads, headdim), k, v: (total_k, nheads_kv, headdim); sequence b is rows
@@ -234,7 +256,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     out, lse = _run(q[None], k[None], v[None], learnable_sink, cu_seqlens_q, cu_seqlens_k,
                     max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_size, softcap,
-                    deterministic, backend)
+                    deterministic, exp2_poly_fraction, backend)
     return (out[0], lse) if return_lse else out[0]
 
 

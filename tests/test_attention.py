@@ -23,9 +23,10 @@ def make_inputs(batch, seqlen_q, seqlen_k, nheads, nheads_kv, head_dim, dtype, d
     return q, k, v
 
 
-def run_and_check(q, k, v, backward=True, backend="auto", **options):
+def run_and_check(q, k, v, backward=True, backend="auto", exp2_poly_fraction=None, **options):
     q_, k_, v_ = (t.clone().requires_grad_(backward) for t in (q, k, v))
-    out, lse = flash256.attention(q_, k_, v_, return_lse=True, backend=backend, **options)
+    out, lse = flash256.attention(q_, k_, v_, return_lse=True, backend=backend,
+                                  exp2_poly_fraction=exp2_poly_fraction, **options)
     actual = {"out": out.detach()}
     dout = None
     if backward:

@@ -372,3 +372,14 @@ def _has_matplotlib():
         return True
     except ImportError:
         return False
+
+
+def test_exp2_sweep_backend_names():
+    from flash256.bench.backends import get_backend
+    b = get_backend("flash256-sm90:exp2=2")
+    assert b.name == "flash256-sm90:exp2=2" and b.is_flash256 and "2/8" in b.description
+    assert get_backend("flash256:exp2=0").name == "flash256:exp2=0"
+    with pytest.raises(KeyError):
+        get_backend("sdpa-cudnn:exp2=2")
+    with pytest.raises(KeyError):
+        get_backend("flash256:exp2=x")

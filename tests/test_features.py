@@ -117,3 +117,33 @@ def test_varlen_combined():
 
 def test_varlen_sink():
     _varlen_case([40, 90, 12], [60, 90, 0], causal=True, sink=True)
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.875])
+@pytest.mark.parametrize("head_dim,causal", [(64, True), (256, False)])
+def test_exp2_emulation_meets_accuracy_rule(fraction, head_dim, causal):
+    """The polynomial exp2 (flash256.ex2) keeps outputs and gradients within the rule."""
+    torch.manual_seed(13)
+    q, k, v = make_inputs(1, 130, 150, 4, 2, head_dim, torch.float16)
+    run_and_check(q, k, v, causal=causal, exp2_poly_fraction=fraction)
+
+
+def test_exp2_emulation_changes_bits_not_accuracy():
+    """A real switch: the emulated forward differs in low bits from the hardware one."""
+    torch.manual_seed(14)
+    q, k, v = make_inputs(1, 256, 256, 2, 2, 64, torch.float16)
+    hw = flash256.flash_attn_func(q, k, v, exp2_poly_fraction=0)
+    poly = flash256.flash_attn_func(q, k, v, exp2_poly_fraction=0.75)
+    assert not torch.equal(hw, poly)
+    assert (hw.float() - poly.float()).abs().max().item() < 1e-2
+
+
+def test_exp2_emulation_bad_fraction(monkeypatch):
+    q, k, v = make_inputs(1, 8, 8, 2, 2, 64, torch.float16)
+    with pytest.raises(ValueError, match="exp2_poly_fraction must be a multiple of 1/8"):
+        flash256.flash_attn_func(q, k, v, exp2_poly_fraction=0.3)
+    with pytest.raises(ValueError, match="exp2_poly_fraction"):
+        flash256.flash_attn_func(q, k, v, exp2_poly_fraction=1.0)
+    monkeypatch.setenv("FLASH256_EXP2_POLY_FRACTION", "2")
+    with pytest.raises(ValueError, match="FLASH256_EXP2_POLY_FRACTION"):
+        flash256.flash_attn_func(q, k, v)

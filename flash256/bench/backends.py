@@ -50,24 +50,32 @@ def _flash256_unavailable(impl: str | None, device: str) -> str | None:
     return None
 
 
-def _flash256_build(impl: str | None) -> BuildFn:
+def _flash256_build(impl: str | None, exp2_eighths: int | None) -> BuildFn:
+    exp2_fraction = None if exp2_eighths is None else exp2_eighths / 8
+
     def build(q, k, v, causal, deterministic):
-        if impl is None:
+        if impl is None and exp2_fraction is None:
             from flash256 import flash_attn_func
 
             return lambda: _first(flash_attn_func(q, k, v, causal=causal, deterministic=deterministic))
         from flash256.interface import attention
 
-        return lambda: _first(attention(q, k, v, causal=causal, deterministic=deterministic, backend=impl))
+        return lambda: _first(attention(q, k, v, causal=causal, deterministic=deterministic,
+                                        backend=impl or "auto", exp2_poly_fraction=exp2_fraction))
     return build
 
 
-def flash256_backend(impl: str | None = None) -> Backend:
-    """impl None: flash256.flash_attn_func (auto dispatch); else interface.attention(backend=impl)."""
+def flash256_backend(impl: str | None = None, exp2_eighths: int | None = None) -> Backend:
+    """impl None: flash256.flash_attn_func (auto dispatch); else interface.attention(backend=impl).
+    exp2_eighths: the forward's exp2 emulation share in eighths (None: flash256's default)."""
     name = "flash256" if impl is None else f"flash256-{impl}"
     desc = "flash256.flash_attn_func (auto dispatch)" if impl is None else \
         f"flash256.interface.attention(backend={impl!r})"
-    return Backend(name, desc, True, functools.partial(_flash256_unavailable, impl), _flash256_build(impl))
+    if exp2_eighths is not None:
+        name += f":exp2={exp2_eighths}"
+        desc += f", exp2_poly_fraction={exp2_eighths}/8"
+    return Backend(name, desc, True, functools.partial(_flash256_unavailable, impl),
+                   _flash256_build(impl, exp2_eighths))
 
 
 def flash256_implementations(device: str) -> list[str] | None:
@@ -203,11 +211,20 @@ BACKENDS = _static_backends()
 
 
 def get_backend(name: str) -> Backend:
+    """A known name, flash256-<implementation>, or either with ':exp2=K' (K eighths of the
+    forward's exp2 on the FMA polynomial, e.g. flash256:exp2=2) for the emulation sweep."""
+    base, _, option = name.partition(":")
+    if option:
+        if not (option.startswith("exp2=") and option[5:].isdigit() and base.startswith("flash256")):
+            raise KeyError(f"unknown backend option {name!r}; flash256 backends take ':exp2=K' (K in 0..7)")
+        impl = None if base == "flash256" else base[len("flash256-"):]
+        return flash256_backend(impl, int(option[5:]))
     if name in BACKENDS:
         return BACKENDS[name]
     if name.startswith("flash256-"):  # an implementation added after this file was written
         return flash256_backend(name[len("flash256-"):])
-    raise KeyError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}, flash256-<implementation>")
+    raise KeyError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}, flash256-<implementation>, "
+                   "flash256[-<implementation>]:exp2=K")
 
 
 def default_backend_names(device: str) -> list[str]:

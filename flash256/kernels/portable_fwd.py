@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from .. import configs
+from ..ex2 import exp2_split
 from .masking import key_tile_range, visible
 from .scores import logits_base2, sequence_bounds, wide
 from .tma import row_descriptor
@@ -24,8 +25,10 @@ LOG2E = 1.4426950408889634
 def _attend_tiles(acc, row_max, row_sum, q, k_rows, v_rows, k_start, kv_col,
                   start, end, rows, diag, left, right, seqlen_q, seqlen_k, qk_scale, softcap_scale,
                   BLOCK_N: tl.constexpr, MASKED: tl.constexpr, SOFTCAP: tl.constexpr,
-                  DOT_FP32: tl.constexpr):
-    """Online softmax over key tiles [start, end): returns updated (acc, row_max, row_sum)."""
+                  POLY_EIGHTHS: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Online softmax over key tiles [start, end): returns updated (acc, row_max, row_sum).
+
+    POLY_EIGHTHS of each tile's columns take exp2 as an FMA polynomial (flash256.ex2)."""
     for n0 in tl.range(start, end, BLOCK_N):
         k = k_rows.load([k_start + n0, kv_col])
         v = v_rows.load([k_start + n0, kv_col])
@@ -42,7 +45,7 @@ def _attend_tiles(acc, row_max, row_sum, q, k_rows, v_rows, k_start, kv_col,
             new_max_safe = tl.where(new_max == -float("inf"), 0.0, new_max)
         else:
             new_max_safe = new_max
-        p = tl.math.exp2(s - new_max_safe[:, None])
+        p = exp2_split(s - new_max_safe[:, None], POLY_EIGHTHS)
         alpha = tl.math.exp2(row_max - new_max_safe)
         row_sum = row_sum * alpha + tl.sum(p, 1)
         p = p.to(v_rows.dtype)  # P is rounded to the input precision, as on the tensor core
@@ -59,7 +62,7 @@ def attention_fwd_kernel(
     qk_scale, softcap_scale, seqlen_q, seqlen_k, total_q, nheads, group_size, left, right,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     REVERSE_M: tl.constexpr, VARLEN: tl.constexpr, SOFTCAP: tl.constexpr,
-    HAS_SINK: tl.constexpr, DOT_FP32: tl.constexpr,
+    HAS_SINK: tl.constexpr, POLY_EIGHTHS: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
     batch = tl.program_id(1) // nheads
     head = tl.program_id(1) % nheads
@@ -92,15 +95,15 @@ def attention_fwd_kernel(
     acc, row_max, row_sum = _attend_tiles(
         acc, row_max, row_sum, q, k_rows, v_rows, k_start, kv_col, lo, interior_lo, rows,
         diag, left, right, seqlen_q, seqlen_k, qk_scale, softcap_scale,
-        BLOCK_N, True, SOFTCAP, DOT_FP32)
+        BLOCK_N, True, SOFTCAP, POLY_EIGHTHS, DOT_FP32)
     acc, row_max, row_sum = _attend_tiles(
         acc, row_max, row_sum, q, k_rows, v_rows, k_start, kv_col, interior_lo, interior_hi, rows,
         diag, left, right, seqlen_q, seqlen_k, qk_scale, softcap_scale,
-        BLOCK_N, False, SOFTCAP, DOT_FP32)
+        BLOCK_N, False, SOFTCAP, POLY_EIGHTHS, DOT_FP32)
     acc, row_max, row_sum = _attend_tiles(
         acc, row_max, row_sum, q, k_rows, v_rows, k_start, kv_col, interior_hi, hi, rows,
         diag, left, right, seqlen_q, seqlen_k, qk_scale, softcap_scale,
-        BLOCK_N, True, SOFTCAP, DOT_FP32)
+        BLOCK_N, True, SOFTCAP, POLY_EIGHTHS, DOT_FP32)
 
     empty = row_sum == 0.0  # rows that see no key (and no sink): output 0, lse -inf
     row_sum = tl.where(empty, 1.0, row_sum)
@@ -158,7 +161,8 @@ def portable_forward(q, k, v, args):
         nheads // nheads_kv, left, right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
         REVERSE_M=args.causal, VARLEN=varlen, SOFTCAP=args.softcap > 0,
-        HAS_SINK=args.sink is not None, DOT_FP32=dots_in_fp32(q.dtype),
+        HAS_SINK=args.sink is not None, POLY_EIGHTHS=args.exp2_poly_eighths,
+        DOT_FP32=dots_in_fp32(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse
@@ -168,7 +172,7 @@ def inspect_cases(arch: int):
     """Each shipped forward configuration, compiled for `arch` without a GPU (bf16)."""
     from .compile_target import InspectCase, compile_tl, tl_desc_type
 
-    def compile_one(block_d, cfg, causal):
+    def compile_one(block_d, cfg, causal, poly_eighths=0):
         rows = lambda n: tl_desc_type("bf16", [n, block_d])  # noqa: E731
         signature = dict(
             q_rows=rows(cfg.block_m), k_rows=rows(cfg.block_n), v_rows=rows(cfg.block_n),
@@ -177,10 +181,15 @@ def inspect_cases(arch: int):
             seqlen_k="i32", total_q="i32", nheads="i32", group_size="i32", left="i32", right="i32")
         constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
                           HEAD_DIM=block_d, REVERSE_M=causal, VARLEN=False, SOFTCAP=False,
-                          HAS_SINK=False, DOT_FP32=False)
+                          HAS_SINK=False, POLY_EIGHTHS=poly_eighths, DOT_FP32=False)
         return compile_tl(attention_fwd_kernel, signature, constexprs, arch=arch,
                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
-    return [InspectCase("portable_fwd", f"d{block_d} {cfg} causal={causal}",
-                        lambda d=block_d, c=cfg, causal=causal: compile_one(d, c, causal))
-            for block_d, cfg in configs.FORWARD.items() for causal in (False, True)]
+    cases = [InspectCase("portable_fwd", f"d{block_d} {cfg} causal={causal}",
+                         lambda d=block_d, c=cfg, causal=causal: compile_one(d, c, causal))
+             for block_d, cfg in configs.FORWARD.items() for causal in (False, True)]
+    # exp2 emulation: MUFU.EX2 falls and FFMA rises with the polynomial share
+    cases += [InspectCase("portable_fwd", f"d{block_d} {cfg} causal=False exp2_poly={eighths}/8",
+                          lambda d=block_d, c=cfg, k=eighths: compile_one(d, c, False, k))
+              for block_d, cfg in configs.FORWARD.items() for eighths in (2, 4)]
+    return cases

@@ -43,6 +43,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from ..ex2 import exp2_split_gl
+
 SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
 REGISTERS_PER_SM = 65536
 WARPGROUP_ROWS = 64  # rows of one wgmma (m64); each consumer warpgroup owns this many query rows
@@ -256,7 +258,7 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale
               num_tiles,
               WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
               KV_STAGES: gl.constexpr, CAUSAL: gl.constexpr, SCHEDULER: gl.constexpr,
-              RESCALE_THRESHOLD: gl.constexpr):
+              RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr):
     q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty = bars
     HALF_M: gl.constexpr = BLOCK_M // 2
     dtype: gl.constexpr = q_smem.dtype
@@ -303,7 +305,7 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale
                 s = _apply_mask(s, row_start, 0, seqlen_q, seqlen_k, s_layout, HALF_M, BLOCK_N, CAUSAL)
             m_i = gl.max(s, axis=1)
             m_scaled = gl.where(m_i == -float("inf"), 0.0, m_i * qk_scale)
-            p_f32 = gl.exp2(s * qk_scale - m_scaled[:, None])
+            p_f32 = exp2_split_gl(s * qk_scale - m_scaled[:, None], POLY_EIGHTHS)
             l_i = gl.sum(p_f32, axis=1)
             p = gl.convert_layout(p_f32.to(dtype), p_layout)
             prev_stage = stage
@@ -333,7 +335,7 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale
                     m_new = gl.where(grow > 0, m_new, m_i)
                 m_scaled = gl.where(m_new == -float("inf"), 0.0, m_new * qk_scale)
                 alpha = gl.exp2(m_i * qk_scale - m_scaled)
-                p_f32 = gl.exp2(s * qk_scale - m_scaled[:, None])
+                p_f32 = exp2_split_gl(s * qk_scale - m_scaled[:, None], POLY_EIGHTHS)
                 l_i = l_i * alpha + gl.sum(p_f32, axis=1)
                 m_i = m_new
                 o, p = warpgroup_mma_wait(0, deps=(o, p))
@@ -386,10 +388,10 @@ def _second_consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, q
                      num_tiles,
                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                      KV_STAGES: gl.constexpr, CAUSAL: gl.constexpr, SCHEDULER: gl.constexpr,
-                     RESCALE_THRESHOLD: gl.constexpr):
+                     RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr):
     _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale, seqlen_q, seqlen_k,
               num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles, 1, BLOCK_M,
-              BLOCK_N, HEAD_DIM, KV_STAGES, CAUSAL, SCHEDULER, RESCALE_THRESHOLD)
+              BLOCK_N, HEAD_DIM, KV_STAGES, CAUSAL, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS)
 
 
 # Sizes are not specialised (no recompiles for seqlen 1 or odd lengths); only the constexprs are.
@@ -401,7 +403,7 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, tile_counter, 
                          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                          KV_STAGES: gl.constexpr, CAUSAL: gl.constexpr, SCHEDULER: gl.constexpr,
                          RESCALE_THRESHOLD: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                         PRODUCER_REGS: gl.constexpr):
+                         PRODUCER_REGS: gl.constexpr, POLY_EIGHTHS: gl.constexpr):
     HALF_M: gl.constexpr = BLOCK_M // 2
     dtype: gl.constexpr = q_desc.dtype
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HALF_M, HEAD_DIM], dtype)
@@ -435,11 +437,12 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, tile_counter, 
     gl.warp_specialize([
         (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale, seqlen_q,
                      seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles, 0,
-                     BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES, CAUSAL, SCHEDULER, RESCALE_THRESHOLD)),
+                     BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES, CAUSAL, SCHEDULER, RESCALE_THRESHOLD,
+                     POLY_EIGHTHS)),
         (_second_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale, seqlen_q,
                             seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section,
                             num_tiles, BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES, CAUSAL, SCHEDULER,
-                            RESCALE_THRESHOLD)),
+                            RESCALE_THRESHOLD, POLY_EIGHTHS)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
                      seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, group_size,
                      heads_per_section, num_tiles, BLOCK_M, BLOCK_N, KV_STAGES, CAUSAL, SCHEDULER)),
@@ -514,12 +517,13 @@ def sm90_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
 
 
 def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
-                 scheduler: str | None = None, config: Sm90FwdConfig | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 scheduler: str | None = None, config: Sm90FwdConfig | None = None,
+                 poly_eighths: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention forward on Hopper. Returns (out (B, Sq, H, D), lse (B, H, Sq) float32, natural log).
 
     scheduler: "single" | "static" | "dynamic" (default: FLASH256_SCHEDULER, else "single");
-    config: a tuning override of CONFIGS[head_dim].
+    config: a tuning override of CONFIGS[head_dim];
+    poly_eighths: eighths of each score tile whose exp2 runs as an FMA polynomial (flash256.ex2).
     """
     batch, seqlen_q, nheads, head_dim = q.shape
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
@@ -562,7 +566,8 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, KV_STAGES=cfg.kv_stages,
         CAUSAL=bool(causal), SCHEDULER=_SCHEDULER_IDS[sched], RESCALE_THRESHOLD=cfg.rescale_threshold,
         CONSUMER_REGS=cfg.consumer_regs,
-        PRODUCER_REGS=cfg.producer_regs, num_warps=4, maxnreg=cfg.launch_maxnreg)
+        PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths, num_warps=4,
+        maxnreg=cfg.launch_maxnreg)
     return out, lse
 
 
@@ -570,7 +575,7 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
 # Compiling without a GPU (for `python -m flash256.inspect` and resource checks)
 # --------------------------------------------------------------------------------------------------
 def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
-                 dtype: torch.dtype = torch.bfloat16):
+                 dtype: torch.dtype = torch.bfloat16, poly_eighths: int = 0):
     """triton.compile the kernel for sm_90a (GPUTarget('cuda', 90, 32)); needs no GPU."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -584,7 +589,7 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim,
                       KV_STAGES=cfg.kv_stages, CAUSAL=bool(causal), SCHEDULER=_SCHEDULER_IDS[scheduler],
                       RESCALE_THRESHOLD=cfg.rescale_threshold, CONSUMER_REGS=cfg.consumer_regs,
-                      PRODUCER_REGS=cfg.producer_regs)
+                      PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths)
     signature = dict(q_desc=desc_sig(half_m), k_desc=desc_sig(cfg.block_n), v_desc=desc_sig(cfg.block_n),
                      o_desc=desc_sig(half_m), lse_ptr="*fp32", tile_counter="*i32", qk_scale="fp32",
                      seqlen_q="i32", seqlen_k="i32", num_heads="i32", group_size="i32",
@@ -598,25 +603,24 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
                           options={"num_warps": 4, "maxnreg": cfg.launch_maxnreg})
 
 
-def inspect_cases(arch: int = 90, schedulers: tuple[str, ...] = ("single", )) -> list[dict]:
-    """Shipped configurations for `python -m flash256.inspect`: [{"kernel", "config", "compile"}],
-    "compile" being a zero-argument callable returning the sm_90a CompiledKernel. Only sm_90 has
-    this kernel. The default scheduler only: the persistent ones ("static", "dynamic") still keep a
-    few loop-invariant scalars in local memory (see NOTES.md); pass schedulers=SCHEDULERS to see them.
+def inspect_cases(arch: int = 90, schedulers: tuple[str, ...] = ("single", )):
+    """Shipped configurations for `python -m flash256.inspect`, compiled for sm_90a without a GPU.
+
+    The default scheduler only: the persistent ones ("static", "dynamic") still keep a few
+    loop-invariant scalars in local memory (see NOTES.md); pass schedulers=SCHEDULERS to see them.
+    exp2 emulation variants (2 and 4 eighths on the FMA pipe) show MUFU.EX2 falling, FFMA rising.
     """
+    from .compile_target import InspectCase
     if arch != 90:
         return []
-    cases = []
-    for cfg in CONFIGS.values():
-        for causal in (False, True):
-            for scheduler in schedulers:
-                cases.append({
-                    "kernel": "sm90_attn_fwd_kernel",
-                    "config": f"{cfg.describe()} causal={causal} scheduler={scheduler}",
-                    "compile": (lambda cfg=cfg, causal=causal, scheduler=scheduler:
-                                compile_sm90(cfg, causal, scheduler)),
-                })
-    return cases
+    variants = [(cfg, causal, scheduler, 0) for cfg in CONFIGS.values()
+                for causal in (False, True) for scheduler in schedulers]
+    variants += [(cfg, False, "single", eighths) for cfg in CONFIGS.values() for eighths in (2, 4)]
+    return [InspectCase("sm90_fwd", f"{cfg.describe()} causal={causal} scheduler={scheduler}"
+                        + (f" exp2_poly={eighths}/8" if eighths else ""),
+                        lambda cfg=cfg, causal=causal, scheduler=scheduler, eighths=eighths:
+                        compile_sm90(cfg, causal, scheduler, poly_eighths=eighths))
+            for cfg, causal, scheduler, eighths in variants]
 
 
 def resource_usage(compiled) -> dict:
