@@ -1,0 +1,804 @@
+"""Hopper (sm_90a) attention backward in Gluon: atomic-free, deterministic, two kernels.
+
+STATUS: compiled for sm_90a only; never run on a GPU yet, so it is not dispatched anywhere and
+not in `python -m flash256.inspect` (the d=256 dQ kernel still spills 4-32 B). First step for
+the next session: `python scripts/sm90_bwd_check.py` on an H100 (NOTES.md, "sm90 Gluon backward").
+
+With S = Q K^T, P = exp(scale S - lse), dP = dO V^T, dS = P * (dP - delta) (delta = rowsum(dO O) - dLSE):
+    dV = P^T dO,   dK = scale dS^T Q,   dQ = scale dS K.
+
+dK/dV kernel: one CTA per (64-key block, batch, kv head). K and V stay in shared memory; a producer warp
+streams 64-row Q/dO tiles of every query head of the GQA group through a TMA ring (the group reduction
+happens in the accumulators: no extra pass, no atomics). The transposed formulation keeps keys on the
+rows, so P^T and dS^T come out of their GEMMs in the A-operand shape of the next GEMM:
+  * warpgroup 0: S^T = K Q^T (wgmma, SS), P^T = exp2(...) in registers, dV += P^T dO (RS);
+  * warpgroup 1: dP^T = V dO^T (SS), dS^T = P^T * (dP^T - delta), dK += dS^T Q (RS).
+Each warpgroup owns one full 64 x D fp32 accumulator (128 registers/thread at D = 256). Warpgroup 1
+gets P^T from warpgroup 0 through a small fp32 shared-memory exchange ring; both do two of the four
+GEMMs of a tile pair, so the tensor cores are shared evenly and one warpgroup's elementwise work
+overlaps the other's GEMMs.
+
+dQ kernel: one CTA per (128-query block, batch, head): one 8-warp consumer partition (two warpgroups,
+64 query rows each, in lockstep) with Q and dO resident; K and V blocks stream through TMA rings.
+(Two 4-warp partitions, as in the forward, spill at d=256: the worker partition keeps the 2 x 16
+loop-invariant wgmma descriptors of Q and dO in ordinary registers; the default partition keeps them
+in uniform registers.)
+S = Q K^T and dP = dO V^T (SS), dS in registers as the A operand of dQ += dS K (RS); the dQ GEMM of
+block j-1 runs while the warpgroup computes dS of block j.
+
+Causal (bottom-right: query i sees key j iff j <= i + Sk - Sq): tiles that see nothing are never
+loaded, only tiles crossing the diagonal are masked (P is masked after exp2, so rows with lse = -inf
+give 0, not NaN). Ragged ends need no mask: TMA zero-fills rows past a sequence end, lse of such
+query rows is loaded as +inf (P = 0), and keys past seqlen_k have K = V = 0 rows, which contribute
+nothing to dQ; their own dK/dV rows are clipped by the TMA store.
+
+Conventions as portable_backward: q/dout (B, Sq, H, D), k/v (B, Sk, Hkv, D), lse and delta (H, B*Sq)
+fp32 with natural-log lse; dq/dk/dv in the input dtype.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from .portable_bwd import attention_delta
+from .sm90_fwd import _GL_DTYPES, _SIG_DTYPES, _tma_operand
+
+SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
+REGISTERS_PER_SM = 65536
+WARPGROUP_ROWS = 64  # rows of one wgmma (m64)
+BARRIER_BYTES = 8
+LOG2E = gl.constexpr(1.4426950408889634)  # lse is natural-log; the kernels work in base 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Configurations and their resource accounting
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sm90BwdDkdvConfig:
+    """dK/dV kernel: BLOCK_N keys per CTA (one wgmma M), BLOCK_M-row Q/dO tiles streamed."""
+    head_dim: int
+    qdo_stages: int  # depth of the Q/dO ring (one stage = a Q tile + a dO tile)
+    p_buffers: int  # depth of the fp32 P^T exchange ring between the two warpgroups
+    block_n: int = WARPGROUP_ROWS
+    block_m: int = 64
+    consumer_regs: int = 240
+    producer_regs: int = 24
+    elem_bytes: int = 2
+
+    @property
+    def smem_kv(self) -> int:  # resident K and V; dV / dK are staged there for their TMA stores
+        return 2 * self.block_n * self.head_dim * self.elem_bytes
+
+    @property
+    def smem_qdo(self) -> int:
+        return self.qdo_stages * 2 * self.block_m * self.head_dim * self.elem_bytes
+
+    @property
+    def smem_p(self) -> int:
+        return self.p_buffers * self.block_n * self.block_m * 4
+
+    @property
+    def smem_barriers(self) -> int:  # kv_ready + ready/empty per Q/dO stage + ready/empty per P slot
+        return BARRIER_BYTES * (1 + 2 * self.qdo_stages + 2 * self.p_buffers)
+
+    @property
+    def smem_total(self) -> int:
+        return self.smem_kv + self.smem_qdo + self.smem_p + self.smem_barriers
+
+    # fp32 registers per consumer thread (a warpgroup = 128 threads)
+    @property
+    def regs_acc(self) -> int:  # dV (warpgroup 0) or dK (warpgroup 1), block_n x head_dim
+        return self.block_n * self.head_dim // 128
+
+    @property
+    def regs_s(self) -> int:  # S^T or dP^T, block_n x block_m
+        return self.block_n * self.block_m // 128
+
+    @property
+    def regs_operand(self) -> int:  # P^T or dS^T in 16 bits, two per register
+        return self.regs_s // 2
+
+    @property
+    def register_budget(self) -> int:
+        return 128 * (2 * self.consumer_regs + self.producer_regs)
+
+    @property
+    def launch_maxnreg(self) -> int:
+        return (REGISTERS_PER_SM // 384) // 8 * 8
+
+    def describe(self) -> str:
+        return (f"dkdv_d{self.head_dim}_n{self.block_n}_m{self.block_m}_s{self.qdo_stages}_p{self.p_buffers} "
+                f"smem={self.smem_total}B (KV {self.smem_kv} + QdO {self.smem_qdo} + P {self.smem_p}) "
+                f"regs/thread acc={self.regs_acc} S={self.regs_s} op={self.regs_operand}")
+
+    def check(self) -> None:
+        assert self.block_n == WARPGROUP_ROWS, self.describe()
+        assert self.smem_total <= SMEM_LIMIT_BYTES, self.describe()
+        assert self.register_budget <= REGISTERS_PER_SM, self.describe()
+        # live in a consumer's inner loop: accumulator + S + the previous tile's operand + slack
+        assert self.regs_acc + self.regs_s + self.regs_operand <= self.consumer_regs - 48, self.describe()
+
+
+@dataclass(frozen=True)
+class Sm90BwdDqConfig:
+    """dQ kernel: 2 x 64 query rows per CTA (both consumer warpgroups in one 8-warp partition, each
+    owning 64 rows of every M = 128 wgmma), BLOCK_N-key K/V blocks. consumer_regs is what Triton gives
+    that partition: (65536 - 128 * producer_regs) / 256 rounded down to 8 = 240."""
+    head_dim: int
+    k_stages: int
+    v_stages: int
+    block_n: int = 64
+    block_m: int = 2 * WARPGROUP_ROWS
+    consumer_regs: int = 240
+    producer_regs: int = 24
+    elem_bytes: int = 2
+
+    @property
+    def smem_qdo(self) -> int:  # resident Q and dO; dQ is staged in the Q half for its TMA store
+        return 2 * self.block_m * self.head_dim * self.elem_bytes
+
+    @property
+    def smem_kv(self) -> int:
+        return (self.k_stages + self.v_stages) * self.block_n * self.head_dim * self.elem_bytes
+
+    @property
+    def smem_barriers(self) -> int:  # q_ready per half + ready/empty per K and V stage
+        return BARRIER_BYTES * (2 + 2 * self.k_stages + 2 * self.v_stages)
+
+    @property
+    def smem_total(self) -> int:
+        return self.smem_qdo + self.smem_kv + self.smem_barriers
+
+    @property
+    def regs_acc(self) -> int:  # dQ, 64 x head_dim
+        return WARPGROUP_ROWS * self.head_dim // 128
+
+    @property
+    def regs_s(self) -> int:  # S or dP, 64 x block_n
+        return WARPGROUP_ROWS * self.block_n // 128
+
+    @property
+    def regs_operand(self) -> int:  # dS in 16 bits
+        return self.regs_s // 2
+
+    @property
+    def register_budget(self) -> int:
+        return 128 * (2 * self.consumer_regs + self.producer_regs)
+
+    @property
+    def launch_maxnreg(self) -> int:
+        return (REGISTERS_PER_SM // 384) // 8 * 8
+
+    def describe(self) -> str:
+        return (f"dq_d{self.head_dim}_m{self.block_m}_n{self.block_n}_k{self.k_stages}_v{self.v_stages} "
+                f"smem={self.smem_total}B (QdO {self.smem_qdo} + KV {self.smem_kv}) "
+                f"regs/thread acc={self.regs_acc} S+dP={2 * self.regs_s} op={self.regs_operand}")
+
+    def check(self) -> None:
+        assert self.block_m == 2 * WARPGROUP_ROWS, self.describe()
+        assert self.smem_total <= SMEM_LIMIT_BYTES, self.describe()
+        assert self.register_budget <= REGISTERS_PER_SM, self.describe()
+        assert self.regs_acc + 2 * self.regs_s + self.regs_operand <= self.consumer_regs - 24, self.describe()
+
+
+# d=256 dK/dV: K + V 64 KB, 2 Q/dO stages x 64 KB, 2 P^T slots x 16 KB = 224 KB (+ 72 B barriers).
+# Registers: accumulator 128 + S^T 32 + operand 16 = 176 of 240.
+DKDV_D256 = Sm90BwdDkdvConfig(head_dim=256, qdo_stages=2, p_buffers=2)
+# d=128: K + V 32 KB, 4 stages x 32 KB, 2 x 16 KB = 192 KB. Registers 64 + 32 + 16.
+DKDV_D128 = Sm90BwdDkdvConfig(head_dim=128, qdo_stages=4, p_buffers=2)
+# d=64: K + V 16 KB, 4 stages x 16 KB, 2 x 16 KB = 112 KB. Registers 32 + 32 + 16.
+DKDV_D64 = Sm90BwdDkdvConfig(head_dim=64, qdo_stages=4, p_buffers=2)
+
+# d=256 dQ: Q + dO 128 KB, K 2 x 32 KB, V 1 x 32 KB = 224 KB. V is released right after the dP GEMM,
+# K only after the dQ GEMM of the next iteration, so K gets the second stage.
+# Registers: dQ 128 + S 32 + dP 32 + dS 16 = 208 of 240.
+DQ_D256 = Sm90BwdDqConfig(head_dim=256, k_stages=2, v_stages=1)
+# d=128: Q + dO 64 KB, 3 + 3 x 16 KB = 160 KB. Registers 64 + 64 + 16.
+DQ_D128 = Sm90BwdDqConfig(head_dim=128, k_stages=3, v_stages=3)
+# d=64: Q + dO 32 KB, 4 + 4 x 8 KB = 96 KB. Registers 32 + 64 + 16.
+DQ_D64 = Sm90BwdDqConfig(head_dim=64, k_stages=4, v_stages=4)
+
+DKDV_CONFIGS = {cfg.head_dim: cfg for cfg in (DKDV_D256, DKDV_D128, DKDV_D64)}
+DQ_CONFIGS = {cfg.head_dim: cfg for cfg in (DQ_D256, DQ_D128, DQ_D64)}
+for _cfg in (*DKDV_CONFIGS.values(), *DQ_CONFIGS.values()):
+    _cfg.check()
+
+
+# --------------------------------------------------------------------------------------------------
+# dK/dV kernel
+# --------------------------------------------------------------------------------------------------
+@gluon.jit
+def _dkdv_query_tiles(n_start, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                      CAUSAL: gl.constexpr):
+    """(first query tile, number of query tiles, first tile needing no causal mask) of a key block."""
+    num_m = gl.cdiv(seqlen_q, BLOCK_M)
+    first = 0
+    unmasked = 0
+    if CAUSAL:
+        diag = seqlen_k - seqlen_q
+        # query i sees key n_start iff i >= n_start - diag; it sees the whole block iff
+        # i >= n_start + BLOCK_N - 1 - diag
+        first = gl.minimum(gl.maximum(n_start - diag, 0) // BLOCK_M, num_m)
+        unmasked = gl.cdiv(gl.maximum(n_start + BLOCK_N - 1 - diag, 0), BLOCK_M)
+    return first, num_m - first, unmasked
+
+
+@gluon.jit
+def _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size):
+    """Tile t of the flattened (query head of the group, query tile) loop."""
+    head_in_group = t // n_m
+    m_block = m_first + t - head_in_group * n_m
+    return kv_head * group_size + head_in_group, m_block
+
+
+@gluon.jit
+def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, bars,
+                   seqlen_q, seqlen_k, num_kv_heads, group_size,
+                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                   CAUSAL: gl.constexpr):
+    kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
+    n_start = gl.program_id(0) * BLOCK_N
+    b = gl.program_id(1) // num_kv_heads
+    kv_head = gl.program_id(1) - b * num_kv_heads
+    mbarrier.expect(kv_ready, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k_desc, [b, n_start, kv_head, 0], kv_ready, k_smem)
+    tma.async_copy_global_to_shared(v_desc, [b, n_start, kv_head, 0], kv_ready, v_smem)
+    m_first, n_m, _unmasked = _dkdv_query_tiles(n_start, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    for t in range(group_size * n_m):
+        head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
+        stage = t % STAGES
+        mbarrier.wait(qdo_empty.index(stage), ((t // STAGES) & 1) ^ 1)
+        mbarrier.expect(qdo_ready.index(stage), q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [b, m_block * BLOCK_M, head, 0], qdo_ready.index(stage),
+                                        q_smem.index(stage))
+        tma.async_copy_global_to_shared(do_desc, [b, m_block * BLOCK_M, head, 0], qdo_ready.index(stage),
+                                        do_smem.index(stage))
+
+
+@gluon.jit
+def _row_stats(ptr, head, b, m_block, seqlen_q, total_q, other: gl.constexpr,
+               BLOCK_M: gl.constexpr, layout: gl.constexpr):
+    """lse or delta of one query tile, (H, B*Sq) fp32; rows past seqlen_q read `other`."""
+    rows = m_block * BLOCK_M + gl.arange(0, BLOCK_M, layout)
+    base = ptr + head.to(gl.int64) * total_q + b * seqlen_q
+    return gl.load(base + rows, mask=rows < seqlen_q, other=other)
+
+
+@gluon.jit
+def _mask_transposed(p_t, n_start, m_start, seqlen_q, seqlen_k, layout: gl.constexpr,
+                     BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr):
+    # key n_start + r is seen by query m_start + c iff c >= n_start + r - diag - m_start
+    keys = gl.arange(0, BLOCK_N, gl.SliceLayout(1, layout))
+    first_col = keys + (n_start - (seqlen_k - seqlen_q) - m_start)
+    cols = gl.arange(0, BLOCK_M, gl.SliceLayout(0, layout))
+    return gl.where(cols[None, :] >= first_col[:, None], p_t, 0.0)
+
+
+@gluon.jit
+def _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked, qk_scale, seqlen_q, seqlen_k,
+                             layout: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr,
+                             CAUSAL: gl.constexpr):
+    p_t = gl.exp2(s_t * qk_scale - lse2[None, :])
+    if CAUSAL:
+        if m_block < unmasked:
+            p_t = _mask_transposed(p_t, n_start, m_block * BLOCK_M, seqlen_q, seqlen_k, layout,
+                                   BLOCK_N, BLOCK_M)
+    return p_t
+
+
+@gluon.jit
+def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr, qk_scale,
+                        seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
+                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                        STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, CAUSAL: gl.constexpr):
+    """Warpgroup 0: S^T = K Q^T, P^T (shared with warpgroup 1), dV += P^T dO; stores dV."""
+    kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
+    dtype: gl.constexpr = k_smem.dtype
+    st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, BLOCK_M, 16])
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, HEAD_DIM, 16])
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
+
+    n_start = gl.program_id(0) * BLOCK_N
+    b = gl.program_id(1) // num_kv_heads
+    kv_head = gl.program_id(1) - b * num_kv_heads
+    m_first, n_m, unmasked = _dkdv_query_tiles(n_start, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    n_tiles = group_size * n_m
+    dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
+    mbarrier.wait(kv_ready, 0)
+    if n_tiles > 0:
+        # Tile 0: S^T and P^T only.
+        head, m_block = _dkdv_tile_coords(0, m_first, n_m, kv_head, group_size)
+        lse2 = _row_stats(lse_ptr, head, b, m_block, seqlen_q, total_q, float("inf"), BLOCK_M,
+                          col_layout) * LOG2E
+        mbarrier.wait(qdo_ready.index(0), 0)
+        s_t = warpgroup_mma(k_smem, q_smem.index(0).permute((1, 0)),
+                            gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
+        s_t = warpgroup_mma_wait(0, deps=(s_t, ))
+        p_t = _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked, qk_scale, seqlen_q, seqlen_k,
+                                       st_layout, BLOCK_N, BLOCK_M, CAUSAL)
+        mbarrier.wait(p_empty.index(0), 1)
+        p_smem.index(0).store(p_t)
+        mbarrier.arrive(p_ready.index(0))
+        p_op = gl.convert_layout(p_t.to(dtype), op_layout)
+        prev_stage = 0
+        for t in range(1, n_tiles):
+            # Issue S^T of tile t, then dV += P^T dO of tile t-1: this tile's exp2 overlaps that GEMM.
+            head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
+            stage = t % STAGES
+            lse2 = _row_stats(lse_ptr, head, b, m_block, seqlen_q, total_q, float("inf"), BLOCK_M,
+                              col_layout) * LOG2E
+            mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
+            s_t = warpgroup_mma(k_smem, q_smem.index(stage).permute((1, 0)),
+                                gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
+                                is_async=True)
+            dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
+            s_t = warpgroup_mma_wait(1, deps=(s_t, ))
+            p_t = _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked, qk_scale, seqlen_q,
+                                           seqlen_k, st_layout, BLOCK_N, BLOCK_M, CAUSAL)
+            slot = t % P_BUFFERS
+            mbarrier.wait(p_empty.index(slot), ((t // P_BUFFERS) & 1) ^ 1)
+            p_smem.index(slot).store(p_t)
+            mbarrier.arrive(p_ready.index(slot))
+            dv, p_op = warpgroup_mma_wait(0, deps=(dv, p_op))
+            mbarrier.arrive(qdo_empty.index(prev_stage))
+            p_op = gl.convert_layout(p_t.to(dtype), op_layout)
+            prev_stage = stage
+        dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
+        dv, p_op = warpgroup_mma_wait(0, deps=(dv, p_op))
+        mbarrier.arrive(qdo_empty.index(prev_stage))
+    # K is dead (only this warpgroup reads it): stage dV there; the store clips rows past seqlen_k.
+    k_smem.store(dv.to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dv_desc, [b, n_start, kv_head, 0], k_smem)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr, softmax_scale,
+                      seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
+                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                      STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, CAUSAL: gl.constexpr):
+    """Warpgroup 1: dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q; stores scale * dK."""
+    kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
+    dtype: gl.constexpr = v_smem.dtype
+    st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, BLOCK_M, 16])
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, HEAD_DIM, 16])
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
+
+    n_start = gl.program_id(0) * BLOCK_N
+    b = gl.program_id(1) // num_kv_heads
+    kv_head = gl.program_id(1) - b * num_kv_heads
+    m_first, n_m, _unmasked = _dkdv_query_tiles(n_start, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    n_tiles = group_size * n_m
+    dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
+    mbarrier.wait(kv_ready, 0)
+    if n_tiles > 0:
+        # Tile 0: dP^T and dS^T only. P^T arrives masked from warpgroup 0, so dS^T needs no mask.
+        head, m_block = _dkdv_tile_coords(0, m_first, n_m, kv_head, group_size)
+        delta = _row_stats(delta_ptr, head, b, m_block, seqlen_q, total_q, 0.0, BLOCK_M, col_layout)
+        mbarrier.wait(qdo_ready.index(0), 0)
+        dp_t = warpgroup_mma(v_smem, do_smem.index(0).permute((1, 0)),
+                             gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
+        dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
+        mbarrier.wait(p_ready.index(0), 0)
+        p_t = p_smem.index(0).load(st_layout)
+        mbarrier.arrive(p_empty.index(0))
+        ds_op = gl.convert_layout((p_t * (dp_t - delta[None, :])).to(dtype), op_layout)
+        prev_stage = 0
+        for t in range(1, n_tiles):
+            head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
+            stage = t % STAGES
+            delta = _row_stats(delta_ptr, head, b, m_block, seqlen_q, total_q, 0.0, BLOCK_M, col_layout)
+            mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
+            dp_t = warpgroup_mma(v_smem, do_smem.index(stage).permute((1, 0)),
+                                 gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
+                                 is_async=True)
+            dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
+            dp_t = warpgroup_mma_wait(1, deps=(dp_t, ))
+            slot = t % P_BUFFERS
+            mbarrier.wait(p_ready.index(slot), (t // P_BUFFERS) & 1)
+            p_t = p_smem.index(slot).load(st_layout)
+            mbarrier.arrive(p_empty.index(slot))
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
+            mbarrier.arrive(qdo_empty.index(prev_stage))
+            ds_op = gl.convert_layout(ds_t.to(dtype), op_layout)
+            prev_stage = stage
+        dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
+        dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
+        mbarrier.arrive(qdo_empty.index(prev_stage))
+    # V is dead (only this warpgroup reads it): stage dK there.
+    v_smem.store((dk * softmax_scale).to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dk_desc, [b, n_start, kv_head, 0], v_smem)
+    tma.store_wait(0)
+
+
+# Sizes are not specialised (no recompiles for seqlen 1 or odd lengths); only the constexprs are.
+@gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_kv_heads", "group_size", "total_q"])
+def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse_ptr, delta_ptr,
+                              softmax_scale, qk_scale, seqlen_q, seqlen_k, num_kv_heads, group_size,
+                              total_q,
+                              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                              STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, CAUSAL: gl.constexpr,
+                              CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+    dtype: gl.constexpr = q_desc.dtype
+    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
+    qdo_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], dtype)
+    # fp32 P^T in the wgmma accumulator layout: 32-byte groups XOR-swizzled by row, so the 8 rows one
+    # store instruction touches land in different banks
+    p_layout: gl.constexpr = gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[1, 0])
+    k_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_DIM], kv_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_DIM], kv_layout)
+    q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], qdo_layout)
+    do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], qdo_layout)
+    p_smem = gl.allocate_shared_memory(gl.float32, [P_BUFFERS, BLOCK_N, BLOCK_M], p_layout)
+
+    kv_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    qdo_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    qdo_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    p_ready = gl.allocate_shared_memory(gl.int64, [P_BUFFERS, 1], mbarrier.MBarrierLayout())
+    p_empty = gl.allocate_shared_memory(gl.int64, [P_BUFFERS, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_ready, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(qdo_ready.index(i), count=1)
+        mbarrier.init(qdo_empty.index(i), count=2)  # both warpgroups release each Q/dO stage
+    for i in gl.static_range(P_BUFFERS):
+        mbarrier.init(p_ready.index(i), count=1)
+        mbarrier.init(p_empty.index(i), count=1)
+    bars = (kv_ready, qdo_ready, qdo_empty, p_ready, p_empty)
+
+    gl.warp_specialize([
+        (_dkdv_probabilities, (k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr, qk_scale,
+                               seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
+                               BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS, CAUSAL)),
+        (_dkdv_score_grads, (v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr, softmax_scale,
+                             seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
+                             BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS, CAUSAL)),
+        (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, bars,
+                          seqlen_q, seqlen_k, num_kv_heads, group_size,
+                          BLOCK_M, BLOCK_N, STAGES, CAUSAL)),
+    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+
+
+# --------------------------------------------------------------------------------------------------
+# dQ kernel
+# --------------------------------------------------------------------------------------------------
+@gluon.jit
+def _dq_tile(num_heads):
+    """(batch, head) of this CTA."""
+    bh = gl.program_id(1)
+    b = bh // num_heads
+    return b, bh - b * num_heads
+
+
+@gluon.jit
+def _dq_m_block(CAUSAL: gl.constexpr):
+    # causal runs the longest (last) query blocks first
+    m_block = gl.program_id(0)
+    if CAUSAL:
+        m_block = gl.num_programs(0) - 1 - m_block
+    return m_block
+
+
+@gluon.jit
+def _dq_num_key_blocks(row_end, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    # key blocks seen by query rows < row_end
+    n_blocks = gl.cdiv(seqlen_k, BLOCK_N)
+    if CAUSAL:
+        n_blocks = gl.minimum(n_blocks, gl.cdiv(gl.maximum(row_end + seqlen_k - seqlen_q, 0), BLOCK_N))
+    return n_blocks
+
+
+@gluon.jit
+def _dq_producer(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, bars,
+                 seqlen_q, seqlen_k, num_heads, group_size,
+                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, K_STAGES: gl.constexpr,
+                 V_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    q_ready, k_ready, k_empty, v_ready, v_empty = bars
+    b, h = _dq_tile(num_heads)
+    m_block = _dq_m_block(CAUSAL)
+    kv_head = h // group_size
+    mbarrier.expect(q_ready, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [b, m_block * BLOCK_M, h, 0], q_ready, q_smem)
+    tma.async_copy_global_to_shared(do_desc, [b, m_block * BLOCK_M, h, 0], q_ready, do_smem)
+    n_blocks = _dq_num_key_blocks((m_block + 1) * BLOCK_M, seqlen_q, seqlen_k, BLOCK_N, CAUSAL)
+    for j in range(n_blocks):
+        k_stage = j % K_STAGES
+        mbarrier.wait(k_empty.index(k_stage), ((j // K_STAGES) & 1) ^ 1)
+        mbarrier.expect(k_ready.index(k_stage), k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [b, j * BLOCK_N, kv_head, 0], k_ready.index(k_stage),
+                                        k_smem.index(k_stage))
+        v_stage = j % V_STAGES
+        mbarrier.wait(v_empty.index(v_stage), ((j // V_STAGES) & 1) ^ 1)
+        mbarrier.expect(v_ready.index(v_stage), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [b, j * BLOCK_N, kv_head, 0], v_ready.index(v_stage),
+                                        v_smem.index(v_stage))
+
+
+@gluon.jit
+def _dq_probabilities(s, lse2, qk_scale, j, diag_end, seqlen_k, layout: gl.constexpr, BLOCK_M: gl.constexpr,
+                      BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr):
+    """P of key block j; diag_end = m_start + Sk - Sq + 1. Masked blocks also drop keys past seqlen_k:
+    their K rows are zero, but P there is exp2(-lse), and a huge P times a zero K row would be NaN."""
+    p = gl.exp2(s * qk_scale - lse2[:, None])
+    if MASKED:
+        rows = gl.arange(0, BLOCK_M, gl.SliceLayout(1, layout))
+        col_end = gl.full([BLOCK_M], seqlen_k - j * BLOCK_N, gl.int32, gl.SliceLayout(1, layout))
+        if CAUSAL:
+            # key j*BLOCK_N + c is seen by row m_start + r iff c < r + diag_end - j*BLOCK_N
+            col_end = gl.minimum(col_end, rows + (diag_end - j * BLOCK_N))
+        cols = gl.arange(0, BLOCK_N, gl.SliceLayout(0, layout))
+        p = gl.where(cols[None, :] < col_end[:, None], p, 0.0)
+    return p
+
+
+@gluon.jit
+def _dq_blocks(dq, ds_op, prev_k_stage, start, end, q_smem, do_smem, k_smem, v_smem, bars, lse2, delta,
+               qk_scale, diag_end, seqlen_k, s_layout: gl.constexpr, op_layout: gl.constexpr,
+               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, K_STAGES: gl.constexpr, V_STAGES: gl.constexpr,
+               CAUSAL: gl.constexpr, MASKED: gl.constexpr):
+    """Key blocks [start, end), block start-1's dS pending in ds_op. Issue dQ += dS_{j-1} K_{j-1}, S_j
+    and dP_j back to back; exp2 of S_j runs while dP_j is on the tensor cores."""
+    q_ready, k_ready, k_empty, v_ready, v_empty = bars
+    dtype: gl.constexpr = q_smem.dtype
+    for j in range(start, end):
+        k_stage = j % K_STAGES
+        v_stage = j % V_STAGES
+        dq = warpgroup_mma(ds_op, k_smem.index(prev_k_stage), dq, is_async=True)
+        mbarrier.wait(k_ready.index(k_stage), (j // K_STAGES) & 1)
+        s = warpgroup_mma(q_smem, k_smem.index(k_stage).permute((1, 0)),
+                          gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
+        mbarrier.wait(v_ready.index(v_stage), (j // V_STAGES) & 1)
+        dp = warpgroup_mma(do_smem, v_smem.index(v_stage).permute((1, 0)),
+                           gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
+        dq, ds_op, s = warpgroup_mma_wait(1, deps=(dq, ds_op, s))
+        mbarrier.arrive(k_empty.index(prev_k_stage))
+        p = _dq_probabilities(s, lse2, qk_scale, j, diag_end, seqlen_k, s_layout, BLOCK_M, BLOCK_N, CAUSAL,
+                              MASKED)
+        dp = warpgroup_mma_wait(0, deps=(dp, ))
+        mbarrier.arrive(v_empty.index(v_stage))
+        ds_op = gl.convert_layout((p * (dp - delta[:, None])).to(dtype), op_layout)
+        prev_k_stage = k_stage
+    return dq, ds_op, prev_k_stage
+
+
+@gluon.jit
+def _dq_consumer(q_smem, do_smem, k_smem, v_smem, dq_desc, bars, lse_ptr, delta_ptr, qk_scale,
+                 softmax_scale, seqlen_q, seqlen_k, num_heads, total_q,
+                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                 K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """Both consumer warpgroups in one 8-warp partition: warpgroup w computes rows [64 w, 64 w + 64)
+    of every M = 128 wgmma (the layout splits it)."""
+    q_ready, k_ready, k_empty, v_ready, v_empty = bars
+    dtype: gl.constexpr = q_smem.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
+                                                         instr_shape=[16, HEAD_DIM, 16])
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+
+    b, h = _dq_tile(num_heads)
+    m_block = _dq_m_block(CAUSAL)
+    m_start = m_block * BLOCK_M
+    diag = seqlen_k - seqlen_q
+    n_blocks = _dq_num_key_blocks(m_start + BLOCK_M, seqlen_q, seqlen_k, BLOCK_N, CAUSAL)
+    # blocks from here on hold keys past seqlen_k or cross the diagonal for some row of the tile
+    first_masked = seqlen_k // BLOCK_N
+    if CAUSAL:
+        first_masked = gl.minimum(first_masked, gl.maximum(m_start + diag + 1, 0) // BLOCK_N)
+
+    lse2 = _row_stats(lse_ptr, h, b, m_block, seqlen_q, total_q, float("inf"), BLOCK_M, row_layout) * LOG2E
+    delta = _row_stats(delta_ptr, h, b, m_block, seqlen_q, total_q, 0.0, BLOCK_M, row_layout)
+    dq = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, acc_layout)
+    mbarrier.wait(q_ready, 0)
+    if n_blocks > 0:
+        # Block 0: S, dP and dS only.
+        mbarrier.wait(k_ready.index(0), 0)
+        s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)),
+                          gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
+        mbarrier.wait(v_ready.index(0), 0)
+        dp = warpgroup_mma(do_smem, v_smem.index(0).permute((1, 0)),
+                           gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
+        s, dp = warpgroup_mma_wait(0, deps=(s, dp))
+        mbarrier.arrive(v_empty.index(0))
+        if first_masked == 0:
+            p = _dq_probabilities(s, lse2, qk_scale, 0, m_start + diag + 1, seqlen_k, s_layout, BLOCK_M, BLOCK_N,
+                                  CAUSAL, True)
+        else:
+            p = _dq_probabilities(s, lse2, qk_scale, 0, m_start + diag + 1, seqlen_k, s_layout, BLOCK_M, BLOCK_N,
+                                  CAUSAL, False)
+        ds_op = gl.convert_layout((p * (dp - delta[:, None])).to(dtype), op_layout)
+        # Interior blocks need no mask: a loop without it, then one with it for the diagonal / ragged
+        # end (a run-time branch inside one loop keeps both paths' values live and spills at d=256).
+        mask_from = gl.maximum(first_masked, 1)
+        diag_end = m_start + diag + 1
+        dq, ds_op, prev_k_stage = _dq_blocks(dq, ds_op, gl.to_tensor(0), 1, mask_from, q_smem, do_smem, k_smem,
+                                             v_smem, bars, lse2, delta, qk_scale, diag_end, seqlen_k, s_layout,
+                                             op_layout, BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, CAUSAL, False)
+        dq, ds_op, prev_k_stage = _dq_blocks(dq, ds_op, prev_k_stage, mask_from, n_blocks, q_smem, do_smem,
+                                             k_smem, v_smem, bars, lse2, delta, qk_scale, diag_end, seqlen_k,
+                                             s_layout, op_layout, BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, CAUSAL,
+                                             True)
+        dq = warpgroup_mma(ds_op, k_smem.index(prev_k_stage), dq, is_async=True)
+        dq, ds_op = warpgroup_mma_wait(0, deps=(dq, ds_op))
+        mbarrier.arrive(k_empty.index(prev_k_stage))
+    # Q is dead: stage dQ there; the store clips rows past seqlen_q
+    q_smem.store((dq * softmax_scale).to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dq_desc, [b, m_start, h, 0], q_smem)
+    tma.store_wait(0)
+
+
+@gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_heads", "group_size", "total_q"])
+def sm90_attn_bwd_dq_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, lse_ptr, delta_ptr,
+                            softmax_scale, qk_scale, seqlen_q, seqlen_k, num_heads, group_size, total_q,
+                            BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                            K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                            PRODUCER_REGS: gl.constexpr):
+    dtype: gl.constexpr = q_desc.dtype
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], dtype)
+    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], q_layout)
+    do_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], q_layout)
+    k_smem = gl.allocate_shared_memory(dtype, [K_STAGES, BLOCK_N, HEAD_DIM], kv_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [V_STAGES, BLOCK_N, HEAD_DIM], kv_layout)
+
+    q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_ready, count=1)
+    for i in gl.static_range(K_STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=1)  # one arrive by the 8-warp consumer partition
+    for i in gl.static_range(V_STAGES):
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(v_empty.index(i), count=1)
+    bars = (q_ready, k_ready, k_empty, v_ready, v_empty)
+
+    gl.warp_specialize([
+        (_dq_consumer, (q_smem, do_smem, k_smem, v_smem, dq_desc, bars, lse_ptr, delta_ptr, qk_scale,
+                        softmax_scale, seqlen_q, seqlen_k, num_heads, total_q,
+                        BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, CAUSAL)),
+        (_dq_producer, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, bars,
+                        seqlen_q, seqlen_k, num_heads, group_size,
+                        BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, CAUSAL)),
+    ], [1], [PRODUCER_REGS])
+
+
+# --------------------------------------------------------------------------------------------------
+# Host side
+# --------------------------------------------------------------------------------------------------
+def _io_block(head_dim: int, rows: int) -> list[int]:
+    # TMA box over the (batch, seqlen, heads, head_dim) tensor: `rows` tokens of one head
+    return [1, rows, 1, head_dim]
+
+
+def _smem_layout(head_dim: int, rows: int, gl_dtype):
+    return gl.NVMMASharedLayout.get_default_for(_io_block(head_dim, rows), gl_dtype)
+
+
+def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
+    head_dim = t.shape[-1]
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), _io_block(head_dim, rows),
+                            _smem_layout(head_dim, rows, _GL_DTYPES[t.dtype]))
+
+
+def sm90_bwd_supports(q: torch.Tensor, args) -> bool:
+    """True when sm90_backward handles these inputs (plain or causal attention, sm_90, d 64/128/256)."""
+    return (q.is_cuda and torch.cuda.get_device_capability(q.device) == (9, 0)
+            and q.dtype in _GL_DTYPES and q.dim() == 4 and q.shape[-1] in DKDV_CONFIGS
+            and q.stride(-1) == 1 and args.window == (-1, -1) and args.softcap == 0
+            and args.sink is None and args.cu_seqlens_q is None)
+
+
+def sm90_backward(dout, q, k, v, out, lse, dlse, args):
+    """Gradients (dq, dk, dv, None) of the forward's (out, lse); lse and dlse are (h, b*s_q) fp32."""
+    batch, seqlen_q, nheads, head_dim = q.shape
+    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    dq = torch.empty((batch, seqlen_q, nheads, head_dim), dtype=q.dtype, device=q.device)
+    dk = torch.empty((batch, seqlen_k, nheads_kv, head_dim), dtype=k.dtype, device=k.device)
+    dv = torch.empty((batch, seqlen_k, nheads_kv, head_dim), dtype=v.dtype, device=v.device)
+    if dq.numel() == 0 or dk.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_(), None
+
+    delta = attention_delta(out, dout, dlse)
+    lse = lse.float().contiguous()
+    q, k, v, dout = (_tma_operand(t) for t in (q, k, v, dout))
+    total_q = batch * seqlen_q
+    group_size = nheads // nheads_kv
+    qk_scale = args.softmax_scale * math.log2(math.e)
+
+    cfg = DKDV_CONFIGS[head_dim]
+    sm90_attn_bwd_dkdv_kernel[(triton.cdiv(seqlen_k, cfg.block_n), batch * nheads_kv)](
+        _descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n),
+        _descriptor(dout, cfg.block_m), _descriptor(dk, cfg.block_n), _descriptor(dv, cfg.block_n),
+        lse, delta, args.softmax_scale, qk_scale, seqlen_q, seqlen_k, nheads_kv, group_size, total_q,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, STAGES=cfg.qdo_stages,
+        P_BUFFERS=cfg.p_buffers, CAUSAL=bool(args.causal), CONSUMER_REGS=cfg.consumer_regs,
+        PRODUCER_REGS=cfg.producer_regs, num_warps=4, maxnreg=cfg.launch_maxnreg)
+
+    cfg = DQ_CONFIGS[head_dim]
+    sm90_attn_bwd_dq_kernel[(triton.cdiv(seqlen_q, cfg.block_m), batch * nheads)](
+        _descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n),
+        _descriptor(dout, cfg.block_m), _descriptor(dq, cfg.block_m), lse, delta,
+        args.softmax_scale, qk_scale, seqlen_q, seqlen_k, nheads, group_size, total_q,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, K_STAGES=cfg.k_stages,
+        V_STAGES=cfg.v_stages, CAUSAL=bool(args.causal), PRODUCER_REGS=cfg.producer_regs,
+        num_warps=8, maxnreg=cfg.launch_maxnreg)
+    return dq, dk, dv, None
+
+
+# --------------------------------------------------------------------------------------------------
+# Compiling without a GPU (for `python -m flash256.inspect --kernel sm90_bwd`)
+# --------------------------------------------------------------------------------------------------
+_SCALARS = dict(lse_ptr="*fp32", delta_ptr="*fp32", softmax_scale="fp32", qk_scale="fp32",
+                seqlen_q="i32", seqlen_k="i32", group_size="i32", total_q="i32")
+
+
+def _desc_types(dtype: torch.dtype, head_dim: int, **rows_by_name) -> dict:
+    from .compile_target import gluon_desc_type
+    gl_dtype, sig_dtype = _GL_DTYPES[dtype], _SIG_DTYPES[dtype]
+    return {name: gluon_desc_type(sig_dtype, _io_block(head_dim, rows), _smem_layout(head_dim, rows, gl_dtype))
+            for name, rows in rows_by_name.items()}
+
+
+def compile_dkdv(cfg: Sm90BwdDkdvConfig, causal: bool, dtype: torch.dtype = torch.bfloat16, arch: int = 90):
+    from .compile_target import compile_gluon
+    signature = dict(_desc_types(dtype, cfg.head_dim, q_desc=cfg.block_m, k_desc=cfg.block_n,
+                                 v_desc=cfg.block_n, do_desc=cfg.block_m, dk_desc=cfg.block_n,
+                                 dv_desc=cfg.block_n), num_kv_heads="i32", **_SCALARS)
+    constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, STAGES=cfg.qdo_stages,
+                      P_BUFFERS=cfg.p_buffers, CAUSAL=bool(causal), CONSUMER_REGS=cfg.consumer_regs,
+                      PRODUCER_REGS=cfg.producer_regs)
+    return compile_gluon(sm90_attn_bwd_dkdv_kernel, signature, constexprs, arch=arch, num_warps=4,
+                         maxnreg=cfg.launch_maxnreg)
+
+
+def compile_dq(cfg: Sm90BwdDqConfig, causal: bool, dtype: torch.dtype = torch.bfloat16, arch: int = 90):
+    from .compile_target import compile_gluon
+    signature = dict(_desc_types(dtype, cfg.head_dim, q_desc=cfg.block_m, k_desc=cfg.block_n,
+                                 v_desc=cfg.block_n, do_desc=cfg.block_m, dq_desc=cfg.block_m),
+                     num_heads="i32", **_SCALARS)
+    constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, K_STAGES=cfg.k_stages,
+                      V_STAGES=cfg.v_stages, CAUSAL=bool(causal), PRODUCER_REGS=cfg.producer_regs)
+    return compile_gluon(sm90_attn_bwd_dq_kernel, signature, constexprs, arch=arch, num_warps=8,
+                         maxnreg=cfg.launch_maxnreg)
+
+
+def inspect_cases(arch: int = 90):
+    """Every shipped configuration, causal and not, bf16, compiled for sm_90a without a GPU."""
+    from .compile_target import InspectCase
+    if arch != 90:
+        return []
+    cases = []
+    for head_dim in sorted(DKDV_CONFIGS, reverse=True):
+        for causal in (False, True):
+            dkdv_cfg, dq_cfg = DKDV_CONFIGS[head_dim], DQ_CONFIGS[head_dim]
+            cases.append(InspectCase("sm90_bwd_dkdv", f"{dkdv_cfg.describe()} causal={causal}",
+                                     lambda c=dkdv_cfg, causal=causal: compile_dkdv(c, causal)))
+            cases.append(InspectCase("sm90_bwd_dq", f"{dq_cfg.describe()} causal={causal}",
+                                     lambda c=dq_cfg, causal=causal: compile_dq(c, causal)))
+    return cases
