@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .kernels import sm90_fwd
+from .kernels import sm90_bwd, sm90_fwd
 from .kernels.portable_bwd import portable_backward
 from .kernels.portable_fwd import portable_forward
 
@@ -59,6 +59,12 @@ def _sm90_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
             and args.sink is None and args.cu_seqlens_q is None)
 
 
+def _sm90_bwd_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
+    """The Gluon backward: plain and causal attention at head_dim 64/128/256 on sm_90, any seqlens.
+    It is atomic-free, so deterministic=True costs nothing there."""
+    return not interpreting() and sm90_bwd.sm90_bwd_supports(q, args)
+
+
 def _sm90_forward(q, k, v, args):
     out, lse = sm90_fwd.sm90_forward(q, k, v, args.softmax_scale, args.causal,
                                      poly_eighths=args.exp2_poly_eighths)
@@ -67,7 +73,8 @@ def _sm90_forward(q, k, v, args):
 
 FORWARD = [Implementation("portable", _portable_supports, portable_forward),
            Implementation("sm90", _sm90_supports, _sm90_forward)]
-BACKWARD = [Implementation("portable", _portable_supports, portable_backward)]
+BACKWARD = [Implementation("portable", _portable_supports, portable_backward),
+            Implementation("sm90", _sm90_bwd_supports, sm90_bwd.sm90_backward)]
 PREFERENCE = ("sm90", "portable")
 
 
