@@ -93,3 +93,15 @@ def test_torch_compile_no_graph_break():
 
 def test_available_backends():
     assert "portable" in flash256.available_backends(DEVICE)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="dispatch without a GPU")
+def test_interpreter_dispatch_is_portable():
+    """Without a GPU both directions run the portable kernels; asking for the Gluon ones says why not."""
+    from flash256 import dispatch
+    q = torch.empty(1, 8, 2, 256, dtype=torch.float16)
+    args = dispatch.AttentionArgs(0.1, True, (-1, -1), 0.0, None, None, None, 8, 8, False)
+    for direction in ("forward", "backward"):
+        assert dispatch.select(direction, q, args).name == "portable"
+        with pytest.raises(NotImplementedError, match=f"no {direction} kernel for head_dim 256"):
+            dispatch.select(direction, q, args, backend="sm90")

@@ -1,8 +1,9 @@
 """Hopper (sm_90a) attention backward in Gluon: atomic-free, deterministic, two kernels.
 
-STATUS: compiled for sm_90a only; never run on a GPU yet, so it is not dispatched anywhere and
-not in `python -m flash256.inspect` (the d=256 dQ kernel still spills 4-32 B). First step for
-the next session: `python scripts/sm90_bwd_check.py` on an H100 (NOTES.md, "sm90 Gluon backward").
+Dispatched by default on sm_90 for d = 64/128/256 (plain and causal). First measured on an H200,
+2026-12-01 (BENCHMARKS.md): 84/84 correctness cases, bit-identical reruns, 1.04-1.20x cuDNN at d=256.
+Not yet in `python -m flash256.inspect`'s default list: the d=256 dQ kernel spills 4-32 B of scalars
+(NOTES.md, "sm90 Gluon backward").
 
 With S = Q K^T, P = exp(scale S - lse), dP = dO V^T, dS = P * (dP - delta) (delta = rowsum(dO O) - dLSE):
     dV = P^T dO,   dK = scale dS^T Q,   dQ = scale dS K.
