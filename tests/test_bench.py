@@ -10,22 +10,24 @@ from flash256.bench import backends as bk
 from flash256.bench import check as chk
 from flash256.bench import cli, report, run
 from flash256.bench.flops import attention_flops, visible_pairs
-from flash256.bench.records import OK, WRONG, Measurement, Shape
+from flash256.bench.records import OK, UNSUPPORTED, WRONG, Measurement, Shape
+from flash256.reference import attention_ref, visibility_mask
 
 # ------------------------------------------------------------------ fake backends
 
 
-def _ref_forward(q, k, v, causal, deterministic):
-    return lambda: chk.local_attention_ref(q, k, v, causal=causal, upcast=True)[0].to(q.dtype)
+def _ref_forward(q, k, v, shape, deterministic):
+    return lambda: attention_ref(q, k, v, causal=shape.causal, window_size=shape.window, softcap=shape.softcap,
+                                 upcast=True)[0].to(q.dtype)
 
 
-def _bad_forward(q, k, v, causal, deterministic):
-    good = _ref_forward(q, k, v, causal, deterministic)
+def _bad_forward(q, k, v, shape, deterministic):
+    good = _ref_forward(q, k, v, shape, deterministic)
     return lambda: good() + 0.25
 
 
 def _raising(exc):
-    def build(q, k, v, causal, deterministic):
+    def build(q, k, v, shape, deterministic):
         def fwd():
             raise exc
         return fwd
@@ -254,11 +256,11 @@ def test_slice_check(sq, sk, causal):
 def test_full_check_catches_wrong_gradients():
     shape = Shape(1, 64, 64, 2, 2, 16, True, "bf16")
 
-    def wrong_grad(q, k, v, causal, deterministic):
+    def wrong_grad(q, k, v, shape, deterministic):
         # right forward, but the gradient of k is scaled by 2 through a straight-through trick
         def fwd():
             k2 = k + (k - k.detach())
-            return chk.local_attention_ref(q, k2, v, causal=causal)[0].to(q.dtype)
+            return chk.local_attention_ref(q, k2, v, causal=shape.causal)[0].to(q.dtype)
         return fwd
 
     b = bk.Backend("wg", "", False, _available, wrong_grad)
@@ -383,3 +385,77 @@ def test_exp2_sweep_backend_names():
         get_backend("sdpa-cudnn:exp2=2")
     with pytest.raises(KeyError):
         get_backend("flash256:exp2=x")
+
+
+# ------------------------------------------------------------------ sliding window and softcap (Gemma-2 layers)
+
+
+@pytest.mark.parametrize("window", [(3, 0), (2, 4), (-1, 2), (0, -1), (0, 0), (5, -1)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_visible_pairs_with_window(window, causal):
+    for sq, sk in [(1, 1), (5, 9), (9, 5), (17, 17), (40, 13)]:
+        expected = int(visibility_mask(sq, sk, causal, window).sum())
+        assert visible_pairs(sq, sk, causal, window) == expected, (sq, sk)
+    s = Shape(2, 4096, 4096, 8, 4, 256, True, "bf16", window=(1024, 0))
+    # row i sees min(i, 1024) + 1 keys
+    assert attention_flops(s) == 4 * 2 * 8 * 256 * (sum(range(1, 1025)) + (4096 - 1024) * 1025)
+
+
+def test_parse_window_and_softcap():
+    cfg = cli.parse_args(["--window-size", "4096,0", "--softcap", "50"])
+    assert cfg.window == (4096, 0) and cfg.softcap == 50.0
+    assert cli.parse_args([]).window == (-1, -1) and cli.parse_args([]).softcap == 0.0
+    shape = run.shapes_for(cfg, 256)[0]
+    assert shape.window == (4096, 0) and shape.softcap == 50.0
+    assert "window=4096,0 softcap=50" in shape.describe()
+    for bad in (["--window-size", "4096"], ["--window-size", "-2,0"], ["--window-size", "a,b"],
+                ["--softcap", "-1"], ["--softcap", "nan"]):
+        with pytest.raises(SystemExit):
+            cli.parse_args(bad)
+
+
+@pytest.mark.parametrize("window,causal,both_blocks", [((8, 0), True, True), ((8, 0), False, True),
+                                                       ((8, 8), False, False), ((-1, 3), False, False),
+                                                       ((8, 8), True, True)])
+def test_slice_check_with_window(window, causal, both_blocks):
+    """Windows keep the reference on a row slice exact: both blocks when no row sees keys right of its
+    diagonal, else only the last rows (whose keys are all of them)."""
+    shape = Shape(2, 96, 160, 2, 1, 16, causal, "bf16", window=window, softcap=5.0)
+    q, k, v, _ = chk.make_inputs(shape, "cpu", requires_grad=False)
+    out = attention_ref(q, k, v, causal=causal, window_size=window, softcap=5.0)[0]
+    blocks = chk.slice_blocks(shape, rows=32)
+    assert len(blocks) == (2 if both_blocks else 1) and blocks[-1][1:] == (64, 96, 160)
+    assert chk.slice_check("x", out, q, k, v, shape, reference=attention_ref, rows=32).status == OK
+    plain = attention_ref(q, k, v, causal=causal)[0]  # the same problem without window and softcap
+    assert chk.slice_check("x", plain, q, k, v, shape, reference=attention_ref, rows=32).status == WRONG
+
+
+def test_sweep_with_window_and_softcap(one_thread):
+    """A Gemma-2-like sweep: windowed FLOPs, the check with window and softcap, and backends that lack
+    an option show 'unsupported' instead of a time."""
+    def plain_only(q, k, v, shape, deterministic):
+        bk._plain_only(shape, "plain-only backend")
+        return _ref_forward(q, k, v, shape, deterministic)
+
+    backends = [FAKES["fake-flash256"], FAKES["fake-bad"],
+                bk.Backend("plain-only", "no window, no softcap", False, _available, plain_only)]
+    cfg = cli.parse_args(SMALL + ["--fwd", "--bwd", "--causal", "true", "--window-size", "16,0", "--softcap", "5"])
+    result = run.Sweep(cfg, backends, reference=attention_ref).run()
+    for d in ("fwd", "bwd"):
+        good = cell(result, "fake-flash256", d, 64, True)
+        assert good.status == OK and good.checked == "yes" and good.shape.window == (16, 0)
+        assert good.flops == attention_flops(good.shape, d) < attention_flops(
+            dataclasses.replace(good.shape, window=(-1, -1)), d)
+        assert cell(result, "fake-bad", d, 64, True).status == WRONG
+        assert cell(result, "plain-only", d, 64, True).status == UNSUPPORTED
+    text = report.markdown_report(cfg, {"date": "d", "command": cfg.command, "gpu": {}, "versions": {}},
+                                  backends, result)
+    assert "sliding window (left, right) = (16, 0), softcap 5" in text
+
+
+def test_sdpa_refuses_window_and_softcap():
+    q = k = v = torch.zeros(1, 8, 1, 16)
+    for shape in (Shape(1, 8, 8, 1, 1, 16, True, "bf16", window=(4, 0)), Shape(1, 8, 8, 1, 1, 16, False, "bf16",
+                                                                                softcap=30.0)):
+        with pytest.raises(NotImplementedError, match="no sliding window / softcap"):
+            bk.get_backend("sdpa-cudnn").build(q, k, v, shape, False)

@@ -3,7 +3,7 @@
 Modules:
   cli       argument parsing (BenchConfig) and the top-level ``main``
   backends  one small adapter per attention implementation
-  flops     exact FLOP counts (causal counts only visible keys)
+  flops     exact FLOP counts (causal and sliding windows count only visible keys)
   timing    CUDA-event timing with warm-up, L2 flush and median
   check     correctness check against the fp32 reference
   run       the sweep: shapes x backends x directions -> Measurement records

@@ -1,9 +1,11 @@
 """One small adapter per attention implementation.
 
-Every adapter takes q (b, s_q, h, d), k and v (b, s_k, h_kv, d) and returns a
-zero-argument callable that runs the forward and returns out (b, s_q, h, d).
-The callable goes through autograd, so the runner times the backward by
-differentiating its output.  Causal masks are bottom-right aligned everywhere.
+Every adapter takes q (b, s_q, h, d), k and v (b, s_k, h_kv, d) and the Shape (its causal,
+window and softcap options) and returns a zero-argument callable that runs the forward and
+returns out (b, s_q, h, d). The callable goes through autograd, so the runner times the
+backward by differentiating its output. Causal masks and windows are bottom-right aligned
+everywhere; an adapter that cannot express an option raises NotImplementedError, which the
+table shows as 'unsupported'.
 """
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ from typing import Callable
 
 import torch
 
+from .records import Shape
+
 ForwardFn = Callable[[], torch.Tensor]
-# build(q, k, v, causal, deterministic) -> forward callable
-BuildFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool, bool], ForwardFn]
+# build(q, k, v, shape, deterministic) -> forward callable
+BuildFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Shape, bool], ForwardFn]
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,11 @@ class Backend:
 
 def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _plain_only(shape: Shape, who: str) -> None:
+    if shape.window != (-1, -1) or shape.softcap:
+        raise NotImplementedError(f"{who}: no sliding window / softcap")
 
 
 # ---------------------------------------------------------------- flash256
@@ -53,15 +62,17 @@ def _flash256_unavailable(impl: str | None, device: str) -> str | None:
 def _flash256_build(impl: str | None, exp2_eighths: int | None) -> BuildFn:
     exp2_fraction = None if exp2_eighths is None else exp2_eighths / 8
 
-    def build(q, k, v, causal, deterministic):
+    def build(q, k, v, shape, deterministic):
+        options = dict(causal=shape.causal, window_size=shape.window, softcap=shape.softcap,
+                       deterministic=deterministic)
         if impl is None and exp2_fraction is None:
             from flash256 import flash_attn_func
 
-            return lambda: _first(flash_attn_func(q, k, v, causal=causal, deterministic=deterministic))
+            return lambda: _first(flash_attn_func(q, k, v, **options))
         from flash256.interface import attention
 
-        return lambda: _first(attention(q, k, v, causal=causal, deterministic=deterministic,
-                                        backend=impl or "auto", exp2_poly_fraction=exp2_fraction))
+        return lambda: _first(attention(q, k, v, backend=impl or "auto", exp2_poly_fraction=exp2_fraction,
+                                        **options))
     return build
 
 
@@ -95,7 +106,9 @@ def _cuda_only(device: str) -> str | None:
 
 
 def _sdpa_build(kind: str) -> BuildFn:
-    def build(q, k, v, causal, deterministic):
+    def build(q, k, v, shape, deterministic):
+        _plain_only(shape, "torch SDPA")
+        causal = shape.causal
         from torch.nn.attention import SDPBackend, sdpa_kernel
         from torch.nn.functional import scaled_dot_product_attention as sdpa
 
@@ -147,22 +160,34 @@ def _flex_unavailable(device: str) -> str | None:
     return _cuda_only(device)
 
 
-def _flex_build(q, k, v, causal, deterministic):
+def _flex_build(q, k, v, shape, deterministic):
     from torch.nn.attention.flex_attention import create_block_mask
 
     flex = _flex_compiled()
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     seqlen_q, seqlen_k = q.shape[1], k.shape[1]
+    offset = seqlen_k - seqlen_q
+    left, right = shape.window
+    if shape.causal:
+        right = 0
     block_mask = None
-    if causal:
-        offset = seqlen_k - seqlen_q
+    if left >= 0 or right >= 0:
+        unbounded = seqlen_q + seqlen_k
+        lo, hi = -left if left >= 0 else -unbounded, right if right >= 0 else unbounded
 
-        def bottom_right(b, h, q_idx, kv_idx):
-            return q_idx + offset >= kv_idx
+        def visible(b, h, q_idx, kv_idx):  # bottom-right aligned, as flash256.reference
+            rel = kv_idx - q_idx - offset
+            return (rel >= lo) & (rel <= hi)
 
-        block_mask = create_block_mask(bottom_right, None, None, seqlen_q, seqlen_k, device=q.device)
+        block_mask = create_block_mask(visible, None, None, seqlen_q, seqlen_k, device=q.device)
+    score_mod = None
+    if shape.softcap:
+        cap = shape.softcap
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return cap * torch.tanh(score / cap)
     gqa = q.shape[2] != k.shape[2]
-    return lambda: flex(qt, kt, vt, block_mask=block_mask, enable_gqa=gqa).transpose(1, 2)
+    return lambda: flex(qt, kt, vt, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa).transpose(1, 2)
 
 
 # ---------------------------------------------------------------- flash-attn-4 (CuTe DSL)
@@ -184,9 +209,14 @@ def _fa4_unavailable(device: str) -> str | None:
     return _cuda_only(device)
 
 
-def _fa4_build(q, k, v, causal, deterministic):
+def _fa4_build(q, k, v, shape, deterministic):
     fa4 = _fa4_func()
-    return lambda: _first(fa4(q, k, v, causal=causal, deterministic=deterministic))
+    options = dict(causal=shape.causal, deterministic=deterministic)
+    if shape.window != (-1, -1):
+        options["window_size"] = tuple(None if side < 0 else side for side in shape.window)
+    if shape.softcap:
+        options["softcap"] = shape.softcap
+    return lambda: _first(fa4(q, k, v, **options))
 
 
 # ---------------------------------------------------------------- registry
@@ -200,7 +230,8 @@ def _static_backends() -> dict[str, Backend]:
         sdpa_backend("sdpa-flash", "FLASH_ATTENTION", "torch SDPA, FlashAttention-2 backend"),
         sdpa_backend("sdpa-efficient", "EFFICIENT_ATTENTION", "torch SDPA, memory-efficient backend"),
         sdpa_backend("sdpa-math", "MATH", "torch SDPA, math backend (slow, memory hungry)"),
-        Backend("flex", "FlexAttention under torch.compile (causal via block mask)", False,
+        Backend("flex", "FlexAttention under torch.compile (causal / window via block mask, softcap via score_mod)",
+                False,
                 _flex_unavailable, _flex_build),
         Backend("fa4", "flash-attn-4: flash_attn.cute.flash_attn_func", False, _fa4_unavailable, _fa4_build),
     ]

@@ -112,8 +112,10 @@ def _status(errors: dict) -> str:
     return OK if all(err <= tol for err, tol, _ in errors.values()) else WRONG
 
 
-def _ref_out(reference, q, k, v, causal, upcast):
-    return reference(q, k, v, causal=causal, upcast=upcast)[0]
+def _ref_out(reference, q, k, v, shape: Shape, upcast):
+    options = {} if shape.window == (-1, -1) and not shape.softcap else \
+        {"window_size": shape.window, "softcap": shape.softcap}
+    return reference(q, k, v, causal=shape.causal, upcast=upcast, **options)[0]
 
 
 def full_check(backend, shape: Shape, device: str, deterministic: bool, with_bwd: bool,
@@ -121,12 +123,12 @@ def full_check(backend, shape: Shape, device: str, deterministic: bool, with_bwd
     """Run backend (and its backward) on shape; compare out (dq, dk, dv) with the reference."""
     reference = reference or default_reference()
     q, k, v, dout = make_inputs(shape, device, requires_grad=True, seed=1)
-    out = backend.build(q, k, v, shape.causal, deterministic)()
+    out = backend.build(q, k, v, shape, deterministic)()
     leaves32 = [x.detach().float().requires_grad_() for x in (q, k, v)]
     leaves_lp = [x.detach().clone().requires_grad_() for x in (q, k, v)]
     with ieee_fp32():
-        ref32 = _ref_out(reference, *leaves32, shape.causal, upcast=True)
-    ref_lp = _ref_out(reference, *leaves_lp, shape.causal, upcast=False)
+        ref32 = _ref_out(reference, *leaves32, shape, upcast=True)
+    ref_lp = _ref_out(reference, *leaves_lp, shape, upcast=False)
     errors = {"out": compare(out.detach(), ref32.detach(), ref_lp.detach())}
     if with_bwd:
         grads = torch.autograd.grad(out, (q, k, v), dout)
@@ -140,8 +142,14 @@ def full_check(backend, shape: Shape, device: str, deterministic: bool, with_bwd
 
 def slice_blocks(shape: Shape, rows: int = SLICE_ROWS) -> list[tuple[int, int, int, int]]:
     """(batch index, first row, end row, keys seen) for the row blocks the slice check compares:
-    the first visible rows of batch 0 and the last rows of the last batch."""
+    the first visible rows of batch 0 and the last rows of the last batch.
+
+    A block's reference on keys [0, keys) keeps the bottom-right alignment only if keys = end row +
+    seqlen_k - seqlen_q; that is exact when no row sees keys right of its diagonal (causal, or a window
+    with right = 0) and for the last rows (keys = seqlen_k). Other windowed first blocks are left out."""
     offset = shape.seqlen_k - shape.seqlen_q
+    masked = shape.causal or shape.window != (-1, -1)
+    right_bounded = shape.causal or shape.window[1] == 0
     # causal with seqlen_q > seqlen_k: rows before -offset see no key (output undefined), skip them
     first = max(0, -offset) if shape.causal else 0
     m = min(rows, shape.seqlen_q - first)
@@ -150,7 +158,9 @@ def slice_blocks(shape: Shape, rows: int = SLICE_ROWS) -> list[tuple[int, int, i
     blocks = []
     for bi, r0 in ((0, first), (shape.batch - 1, shape.seqlen_q - m)):
         r1 = r0 + m
-        keys = min(shape.seqlen_k, r1 + offset) if shape.causal else shape.seqlen_k
+        if masked and not right_bounded and r1 != shape.seqlen_q:
+            continue
+        keys = min(shape.seqlen_k, r1 + offset) if masked else shape.seqlen_k
         if (bi, r0, r1, keys) not in blocks:
             blocks.append((bi, r0, r1, keys))
     return blocks
@@ -170,8 +180,8 @@ def slice_check(name: str, out: torch.Tensor, q, k, v, shape: Shape, reference=N
         qs = q.detach()[bi:bi + 1, r0:r1]
         ks, vs = k.detach()[bi:bi + 1, :keys], v.detach()[bi:bi + 1, :keys]
         with ieee_fp32():
-            ref32 = _ref_out(reference, qs.float(), ks.float(), vs.float(), shape.causal, upcast=True)
-        ref_lp = _ref_out(reference, qs, ks, vs, shape.causal, upcast=False)
+            ref32 = _ref_out(reference, qs.float(), ks.float(), vs.float(), shape, upcast=True)
+        ref_lp = _ref_out(reference, qs, ks, vs, shape, upcast=False)
         errors[f"out[b{bi},{r0}:{r1}]"] = compare(out[bi:bi + 1, r0:r1], ref32, ref_lp)
         del ref32, ref_lp
     return CheckResult(name, shape, "slice", _status(errors), errors)

@@ -42,6 +42,17 @@ def parse_name_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def parse_window(text: str) -> tuple[int, int]:
+    """'4096,0' -> (4096, 0): a sliding window (left, right), -1 unbounded on that side."""
+    try:
+        left, right = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--window-size takes LEFT,RIGHT (e.g. 4096,0), not {text!r}") from None
+    if left < -1 or right < -1:
+        raise argparse.ArgumentTypeError(f"window sides must be >= -1 (-1: unbounded), not {text!r}")
+    return left, right
+
+
 def parse_causal(text: str) -> tuple[bool, ...]:
     t = text.strip().lower()
     table = {"true": (True,), "false": (False,), "both": (False, True),
@@ -66,6 +77,8 @@ class BenchConfig:
     nheads_kv: int | None
     gqa_ratio: int | None
     dtype: str
+    window: tuple[int, int]  # sliding window of every shape, (-1, -1): none
+    softcap: float  # score soft-capping of every shape, 0: none
     deterministic: bool
     fwd_grad: bool  # time the forward with autograd recording (training forward) instead of no_grad
     warmup_ms: float
@@ -123,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--nheads-kv", type=int, default=None, help="key/value heads (default: nheads)")
     group.add_argument("--gqa-ratio", type=int, default=None, help="nheads_kv = nheads // ratio")
     p.add_argument("--dtype", choices=DTYPES, default="bf16")
+    p.add_argument("--window-size", type=parse_window, default=(-1, -1),
+                   help="sliding window LEFT,RIGHT for every shape (flash-attn semantics, -1 unbounded), "
+                        "e.g. 4096,0 with --causal true for a Gemma-2 local layer")
+    p.add_argument("--softcap", type=float, default=0.0,
+                   help="score soft-capping for every shape (Gemma 2: 50); backends without it are 'unsupported'")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic backward (passed to flash256 and fa4; SDPA/flex ignore it)")
     p.add_argument("--fwd-grad", action="store_true",
@@ -169,13 +187,16 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         parser.error("--gqa-ratio must be >= 1")
     if a.batch_size is not None and a.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    if not a.softcap >= 0:
+        parser.error("--softcap must be >= 0")
     if a.min_reps < 1 or a.max_reps < a.min_reps:
         parser.error("need 1 <= --min-reps <= --max-reps")
     cfg = BenchConfig(
         directions=directions, headdims=tuple(a.headdim), seqlens=tuple(a.seqlen),
         seqlens_q=tuple(seqlens_q), causal=tuple(a.causal), total_seqlen=a.total_seqlen,
         batch_size=a.batch_size, nheads=a.nheads, nheads_kv=a.nheads_kv, gqa_ratio=a.gqa_ratio,
-        dtype=a.dtype, deterministic=a.deterministic, fwd_grad=a.fwd_grad, warmup_ms=a.warmup, rep_ms=a.rep,
+        dtype=a.dtype, window=a.window_size, softcap=a.softcap, deterministic=a.deterministic,
+        fwd_grad=a.fwd_grad, warmup_ms=a.warmup, rep_ms=a.rep,
         min_reps=a.min_reps, max_reps=a.max_reps,
         backends=tuple(a.backend) if a.backend else None, check=a.check, sleep_s=a.sleep,
         time_budget_s=a.time_budget, json_path=a.json_path, plot_path=a.plot_path,

@@ -27,12 +27,19 @@ class Shape:
     headdim: int
     causal: bool
     dtype: str  # "bf16" or "fp16"
+    window: tuple[int, int] = (-1, -1)  # sliding window (left, right), flash-attn semantics, -1 unbounded
+    softcap: float = 0.0  # scores -> softcap * tanh(scores / softcap) when > 0
 
     def describe(self) -> str:
         s = f"{self.seqlen_q}" if self.seqlen_q == self.seqlen_k else f"{self.seqlen_q}x{self.seqlen_k}"
         kv = "" if self.nheads_kv == self.nheads else f"/{self.nheads_kv}"
         return (f"b={self.batch} s={s} h={self.nheads}{kv} d={self.headdim} "
-                f"causal={self.causal} {self.dtype}")
+                f"causal={self.causal}{self.modifiers()} {self.dtype}")
+
+    def modifiers(self) -> str:
+        """' window=L,R softcap=C' for the options that are set, '' for plain attention."""
+        text = f" window={self.window[0]},{self.window[1]}" if self.window != (-1, -1) else ""
+        return text + (f" softcap={self.softcap:g}" if self.softcap else "")
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,8 @@ def header_lines(cfg, env: dict) -> list[str]:
         f"- GPU: {gpu_line(env)}",
         f"- software: {software_line(env)}",
         f"- shapes: {cfg.dtype}, {heads}, {batch}"
+        + (f", sliding window (left, right) = {cfg.window}" if cfg.window != (-1, -1) else "")
+        + (f", softcap {cfg.softcap:g}" if cfg.softcap else "")
         + (", deterministic backward" if cfg.deterministic else ""),
         f"- timing: median of CUDA-event-timed calls, L2 flushed before each; warm-up {cfg.warmup_ms:g} ms, "
         f"timed {cfg.rep_ms:g} ms ({cfg.min_reps}..{cfg.max_reps} calls, fewer for long seqlens); "

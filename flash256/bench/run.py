@@ -56,7 +56,7 @@ def free_memory(device: str, collect: bool = True) -> None:
 def shapes_for(cfg: BenchConfig, headdim: int) -> list[Shape]:
     """Shapes of one headdim, causal=False, in seqlen order."""
     nheads, nheads_kv = cfg.heads_for(headdim)
-    return [Shape(cfg.batch_for(sk), sq, sk, nheads, nheads_kv, headdim, False, cfg.dtype)
+    return [Shape(cfg.batch_for(sk), sq, sk, nheads, nheads_kv, headdim, False, cfg.dtype, cfg.window, cfg.softcap)
             for sq, sk in zip(cfg.seqlens_q, cfg.seqlens)]
 
 
@@ -135,7 +135,7 @@ class Sweep:
         q, k, v, dout = inputs
         sliced = None
         try:
-            fwd = backend.build(q, k, v, shape.causal, cfg.deterministic)
+            fwd = backend.build(q, k, v, shape, cfg.deterministic)
             if direction == "fwd":
                 with torch.set_grad_enabled(cfg.fwd_grad):
                     out = fwd()  # untimed first call: compilation, autotuning
