@@ -23,23 +23,25 @@ def accuracy_check(name: str, x, ref, lowp, factor: float = 2.0, atol: float = D
     return ok, f"{name}: max err {err:.3e}, bound {bound:.3e}"
 
 
-def reference_results(q, k, v, dout=None, **options):
-    """{'out': ..., 'dq': ...} from the fp32 reference and from the low-precision one."""
+def reference_results(q, k, v, dout=None, dlse=None, **options):
+    """{'out': ..., 'dq': ...} from the fp32 reference and from the low-precision one; the gradients
+    are those of <out, dout> (+ <lse, dlse> when dlse is given)."""
     results = []
     for upcast in (True, False):
         leaves = [t.detach().clone().requires_grad_(dout is not None) for t in (q, k, v)]
         out, lse = attention_ref(*leaves, upcast=upcast, **options)
         result = {"out": out.detach(), "lse": lse.detach()}
         if dout is not None:
-            grads = torch.autograd.grad(out, leaves, dout)
+            outputs, grad_outputs = ([out, lse], [dout, dlse]) if dlse is not None else ([out], [dout])
+            grads = torch.autograd.grad(outputs, leaves, grad_outputs)
             result.update(zip(("dq", "dk", "dv"), grads))
         results.append(result)
     return results
 
 
-def check_against_reference(actual: dict, q, k, v, dout=None, **options) -> list[str]:
+def check_against_reference(actual: dict, q, k, v, dout=None, dlse=None, **options) -> list[str]:
     """Failures of `actual` ({'out', 'dq', 'dk', 'dv'} subset) under the rule; [] when all pass."""
-    ref, lowp = reference_results(q, k, v, dout, **options)
+    ref, lowp = reference_results(q, k, v, dout, dlse, **options)
     failures = []
     for name, x in actual.items():
         ok, message = accuracy_check(name, x, ref[name], lowp[name])

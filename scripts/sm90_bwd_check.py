@@ -2,7 +2,6 @@
 
     python scripts/sm90_bwd_check.py correctness     # every (d, causal, dtype) in its own process, in parallel
     python scripts/sm90_bwd_check.py combo 256 1 bf16
-    python scripts/sm90_bwd_check.py determinism
     python scripts/sm90_bwd_check.py profile         # CUDA time per backward kernel, d=256, 4k and 16k
 
 Each case runs flash256.attention (auto dispatch: the Gluon forward where it applies, the Gluon
@@ -11,7 +10,8 @@ dk, dv): max|x - ref32| <= 2 * max|x_lowp - ref32| + 1e-5, ref32 the reference i
 same math in the input dtype; (113, 203) also sends a gradient through lse. With one key (sk = 1) dK is
 exactly 0 in both references, so dK is bounded by 1e-4 instead (as in tests/test_attention.py).
 The combos run in parallel processes (their Gluon compiles dominate) under a timeout, so a deadlocked
-kernel shows as HANG instead of eating the device call. Timing is `python -m flash256.bench`.
+kernel shows as HANG instead of eating the device call. Bit-identical reruns: `pytest -k deterministic`;
+timing: `python -m flash256.bench`.
 """
 import math
 import os
@@ -29,21 +29,10 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COMBO_TIMEOUT_S = float(os.environ.get("COMBO_TIMEOUT_S", 150))
 
 
-def reference_grads(q, k, v, dout, dlse, causal, upcast):
-    from flash256.reference import attention_ref
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    out, lse = attention_ref(*leaves, causal=causal, upcast=upcast)
-    loss = (out.float() * dout.float()).sum()
-    if dlse is not None:
-        loss = loss + (lse.float() * dlse).sum()
-    loss.backward()
-    return [out.float()] + [t.grad.float() for t in leaves]
-
-
 def check_case(d, causal, dtype, sq, sk, hkv, with_dlse):
     import flash256
     from flash256 import dispatch
-    from flash256.testing import accuracy_check
+    from flash256.testing import accuracy_check, reference_results
     torch.manual_seed(1000 * d + sq + 7 * sk + hkv)
     batch = 2 if sq * sk <= 1024 * 1024 else 1
     q, k, v = (torch.randn(batch, s, h, d, device="cuda", dtype=dtype)
@@ -55,19 +44,17 @@ def check_case(d, causal, dtype, sq, sk, hkv, with_dlse):
 
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     out, lse = flash256.attention(*leaves, causal=causal, return_lse=True)
-    outputs, grads_in = [out], [dout]
-    if with_dlse:
-        outputs, grads_in = [out, lse], [dout, dlse]
-    actual = [out.detach()] + list(torch.autograd.grad(outputs, leaves, grads_in))
-    ref32 = reference_grads(q, k, v, dout, dlse, causal, upcast=True)
-    reflow = reference_grads(q, k, v, dout, dlse, causal, upcast=False)
+    outputs, grad_outputs = ([out, lse], [dout, dlse]) if with_dlse else ([out], [dout])
+    grads = torch.autograd.grad(outputs, leaves, grad_outputs)
+    actual = dict(zip(("out", "dq", "dk", "dv"), (out.detach(), *grads)))
+    ref32, reflow = reference_results(q, k, v, dout, dlse, causal=causal)
     ok, details = True, []
-    for name, x, r32, rlo in zip(("out", "dq", "dk", "dv"), actual, ref32, reflow):
+    for name, x in actual.items():
         if name == "dk" and sk == 1:
             err = x.float().abs().max().item()
             good, message = err < 1e-4, f"dk: |dk| {err:.1e} (exactly 0 in the references)"
         else:
-            good, message = accuracy_check(name, x, r32, rlo)
+            good, message = accuracy_check(name, x, ref32[name], reflow[name])
         ok &= good
         details.append(message + ("" if good else " FAIL"))
     return ok, "; ".join(details)
@@ -110,24 +97,6 @@ def correctness():
     print("\n".join(summary))
 
 
-def determinism():
-    import flash256
-    torch.manual_seed(0)
-    q = torch.randn(2, 1024, 6, 256, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(2, 1024, 1, 256, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn_like(k)
-    dout = torch.randn_like(q)
-    for causal in (False, True):
-        runs = []
-        for _ in range(3):
-            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-            out = flash256.flash_attn_func(*leaves, causal=causal, deterministic=True)
-            runs.append(torch.autograd.grad(out, leaves, dout))
-        same = all(torch.equal(a, b) for run in runs[1:] for a, b in zip(runs[0], run))
-        print(f"determinism d=256 GQA 6:1 causal={causal}: {'bit-identical' if same else 'DIFFERENT'} over 3 runs",
-              flush=True)
-
-
 def profile():
     """CUDA time of each kernel of the default backward (delta, dK/dV, dQ) from torch.profiler."""
     import flash256
@@ -154,8 +123,6 @@ if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "correctness"
     if what == "combo":
         combo(int(sys.argv[2]), bool(int(sys.argv[3])), sys.argv[4])
-    elif what == "determinism":
-        determinism()
     elif what == "profile":
         profile()
     else:

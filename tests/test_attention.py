@@ -190,6 +190,23 @@ def test_lse_gradient():
         assert (g.float() - r).abs().max().item() < 1e-2 * max(1.0, r.abs().max().item())
 
 
+def test_reference_results_with_dlse():
+    """The test helper's gradients include <lse, dlse> when asked (the check script's lse cases use it)."""
+    from flash256.reference import attention_ref
+    from flash256.testing import reference_results
+    torch.manual_seed(10)
+    q, k, v = make_inputs(1, 40, 56, 2, 1, 64, torch.float16, device="cpu")
+    dout, dlse = torch.randn_like(q), torch.randn(1, 2, 40)
+    with_lse = reference_results(q, k, v, dout, dlse, causal=True)[0]
+    leaves = [t.float().requires_grad_() for t in (q, k, v)]
+    out, lse = attention_ref(*leaves, causal=True)
+    expected = torch.autograd.grad((out * dout.float()).sum() + (lse * dlse).sum(), leaves)
+    without = reference_results(q, k, v, dout, causal=True)[0]
+    for name, e in zip(("dq", "dk", "dv"), expected):
+        assert torch.allclose(with_lse[name].float(), e, atol=1e-3, rtol=1e-3)  # fp16 leaves: grads in fp16
+    assert (with_lse["dq"] - without["dq"]).abs().max() > 1e-2
+
+
 def test_deterministic_bitwise():
     torch.manual_seed(6)
     q, k, v = make_inputs(1, 130, 130, 4, 2, 64, torch.float16)

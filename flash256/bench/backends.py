@@ -167,9 +167,7 @@ def _flex_build(q, k, v, shape, deterministic):
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     seqlen_q, seqlen_k = q.shape[1], k.shape[1]
     offset = seqlen_k - seqlen_q
-    left, right = shape.window
-    if shape.causal:
-        right = 0
+    left, right = shape.visible_window()
     block_mask = None
     if left >= 0 or right >= 0:
         unbounded = seqlen_q + seqlen_k

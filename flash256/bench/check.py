@@ -148,8 +148,8 @@ def slice_blocks(shape: Shape, rows: int = SLICE_ROWS) -> list[tuple[int, int, i
     seqlen_k - seqlen_q; that is exact when no row sees keys right of its diagonal (causal, or a window
     with right = 0) and for the last rows (keys = seqlen_k). Other windowed first blocks are left out."""
     offset = shape.seqlen_k - shape.seqlen_q
-    masked = shape.causal or shape.window != (-1, -1)
-    right_bounded = shape.causal or shape.window[1] == 0
+    masked = shape.visible_window() != (-1, -1)
+    right_bounded = shape.visible_window()[1] == 0
     # causal with seqlen_q > seqlen_k: rows before -offset see no key (output undefined), skip them
     first = max(0, -offset) if shape.causal else 0
     m = min(rows, shape.seqlen_q - first)

@@ -36,6 +36,10 @@ class Shape:
         return (f"b={self.batch} s={s} h={self.nheads}{kv} d={self.headdim} "
                 f"causal={self.causal}{self.modifiers()} {self.dtype}")
 
+    def visible_window(self) -> tuple[int, int]:
+        """(left, right) around each row's bottom-right diagonal that a query sees; causal is right = 0."""
+        return (self.window[0], 0) if self.causal else self.window
+
     def modifiers(self) -> str:
         """' window=L,R softcap=C' for the options that are set, '' for plain attention."""
         text = f" window={self.window[0]},{self.window[1]}" if self.window != (-1, -1) else ""
