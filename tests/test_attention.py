@@ -46,6 +46,19 @@ def run_and_check(q, k, v, backward=True, backend="auto", exp2_poly_fraction=Non
     return out, lse
 
 
+def assert_bitwise_repeatable(q, k, v, dout, causal, runs):
+    """deterministic=True: every run's (dq, dk, dv) equals the first bit for bit, and is not all zero."""
+    grads = []
+    for _ in range(runs):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = flash256.flash_attn_func(*leaves, causal=causal, deterministic=True)
+        grads.append(torch.autograd.grad(out, leaves, dout))
+    assert all(g.abs().max() > 0 for g in grads[0])
+    for run in grads[1:]:
+        for a, b in zip(grads[0], run):
+            assert torch.equal(a, b)
+
+
 # --- CPU (interpreter) matrix: every head dim class, causal, GQA, ragged seqlens --------
 
 CPU_CASES = [
@@ -118,16 +131,7 @@ def test_gpu_deterministic_bitwise_d256(causal):
     """The default backward at d=256 (Gluon on Hopper: no atomics) repeats bit for bit, GQA 6:1."""
     torch.manual_seed(9)
     q, k, v = make_inputs(2, 1024, 1024, 6, 1, 256, torch.bfloat16)
-    dout = torch.randn_like(q)
-    runs = []
-    for _ in range(3):
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        out = flash256.flash_attn_func(*leaves, causal=causal, deterministic=True)
-        runs.append(torch.autograd.grad(out, leaves, dout))
-    assert all(g.abs().max() > 0 for g in runs[0])
-    for run in runs[1:]:
-        for a, b in zip(runs[0], run):
-            assert torch.equal(a, b)
+    assert_bitwise_repeatable(q, k, v, torch.randn_like(q), causal, runs=3)
 
 
 @pytest.mark.gpu
@@ -210,13 +214,7 @@ def test_reference_results_with_dlse():
 def test_deterministic_bitwise():
     torch.manual_seed(6)
     q, k, v = make_inputs(1, 130, 130, 4, 2, 64, torch.float16)
-    runs = []
-    for _ in range(2):
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        out = flash256.flash_attn_func(*leaves, causal=True, deterministic=True)
-        runs.append(torch.autograd.grad(out, leaves, torch.ones_like(out)))
-    for a, b in zip(*runs):
-        assert torch.equal(a, b)
+    assert_bitwise_repeatable(q, k, v, torch.ones_like(q), causal=True, runs=2)
 
 
 def test_inputs_not_modified():
