@@ -2,6 +2,7 @@
 
     python scripts/sm90_bwd_check.py correctness     # every (d, causal, dtype) in its own process, in parallel
     python scripts/sm90_bwd_check.py combo 256 1 bf16
+    python scripts/sm90_bwd_check.py features 256 bf16   # sliding windows and soft caps
     python scripts/sm90_bwd_check.py profile         # CUDA time per backward kernel, d=256, 4k and 16k
 
 Each case runs flash256.attention (auto dispatch: the Gluon forward where it applies, the Gluon
@@ -29,7 +30,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COMBO_TIMEOUT_S = float(os.environ.get("COMBO_TIMEOUT_S", 150))
 
 
-def check_case(d, causal, dtype, sq, sk, hkv, with_dlse):
+def check_case(d, causal, dtype, sq, sk, hkv, with_dlse, window=(-1, -1), softcap=0.0):
     import flash256
     from flash256 import dispatch
     from flash256.testing import accuracy_check, reference_results
@@ -39,15 +40,19 @@ def check_case(d, causal, dtype, sq, sk, hkv, with_dlse):
                for s, h in ((sq, NHEADS), (sk, hkv), (sk, hkv)))
     dout = torch.randn(batch, sq, NHEADS, d, device="cuda", dtype=dtype)
     dlse = torch.randn(batch, NHEADS, sq, device="cuda") if with_dlse else None
-    args = dispatch.AttentionArgs(1 / math.sqrt(d), causal, (-1, -1), 0.0, None, None, None, sq, sk, False)
+    if softcap:
+        q = q * 3  # large scores, so the cap really bends them
+    args = dispatch.AttentionArgs(1 / math.sqrt(d), causal, window, softcap, None, None, None, sq, sk, False)
     assert dispatch.select("backward", q, args).name == "sm90", "auto did not pick the sm90 backward"
+    if sq > 1:
+        assert dispatch.select("forward", q, args).name == "sm90", "auto did not pick the sm90 forward"
 
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    out, lse = flash256.attention(*leaves, causal=causal, return_lse=True)
+    out, lse = flash256.attention(*leaves, causal=causal, window_size=window, softcap=softcap, return_lse=True)
     outputs, grad_outputs = ([out, lse], [dout, dlse]) if with_dlse else ([out], [dout])
     grads = torch.autograd.grad(outputs, leaves, grad_outputs)
     actual = dict(zip(("out", "dq", "dk", "dv"), (out.detach(), *grads)))
-    ref32, reflow = reference_results(q, k, v, dout, dlse, causal=causal)
+    ref32, reflow = reference_results(q, k, v, dout, dlse, causal=causal, window_size=window, softcap=softcap)
     ok, details = True, []
     for name, x in actual.items():
         if name == "dk" and sk == 1:
@@ -77,10 +82,33 @@ def combo(d, causal, dtype_name):
     print(f"combo d={d} causal={int(causal)} {dtype_name}: {passed}/{len(SEQLENS)} passed", flush=True)
 
 
+# (causal, window, softcap): the model features the fast path covers, alone and combined
+FEATURES = ((False, (16, 0), 0.0), (False, (32, 8), 0.0), (True, (24, -1), 0.0), (False, (-1, 5), 0.0),
+            (True, (-1, -1), 5.0), (False, (-1, -1), 50.0), (True, (64, 0), 30.0), (True, (200, 0), 0.0))
+FEATURE_SEQLENS = ((113, 203), (255, 256), (1024, 1024), (300, 113), (777, 1500))
+
+
+def features(d, dtype_name):
+    """Window / softcap cases of one head dim through the public API (sm90 both ways)."""
+    dtype, passed, total = DTYPES[dtype_name], 0, 0
+    for fi, (causal, window, softcap) in enumerate(FEATURES):
+        for si, (sq, sk) in enumerate(FEATURE_SEQLENS):
+            hkv = KV_HEADS[(fi + si) % len(KV_HEADS)]
+            tag = f"d={d} {dtype_name} causal={int(causal)} window={window} softcap={softcap} sq={sq} sk={sk} hkv={hkv}"
+            try:
+                ok, detail = check_case(d, causal, dtype, sq, sk, hkv, False, window, softcap)
+            except Exception:
+                ok, detail = False, "EXCEPTION " + traceback.format_exc(limit=4).replace("\n", " | ")[-700:]
+            passed, total = passed + ok, total + 1
+            print(f"{'ok  ' if ok else 'FAIL'} {tag}: {detail}", flush=True)
+    print(f"combo features d={d} {dtype_name}: {passed}/{total} passed", flush=True)
+
+
 def correctness():
     t0 = time.time()
-    combos = [(d, c, n) for d in (256, 128, 64) for c in (0, 1) for n in DTYPES]
-    procs = [(spec, subprocess.Popen([sys.executable, __file__, "combo", *map(str, spec)],
+    combos = [("combo", d, c, n) for d in (256, 128, 64) for c in (0, 1) for n in DTYPES]
+    combos += [("features", d, "bf16") for d in (256, 128, 64)] + [("features", 256, "fp16")]
+    procs = [(spec, subprocess.Popen([sys.executable, __file__, *map(str, spec)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
              for spec in combos]
     summary = []
@@ -90,7 +118,7 @@ def correctness():
         except subprocess.TimeoutExpired:
             proc.kill()
             out, _ = proc.communicate()
-            out += f"\nHANG combo d={spec[0]} causal={spec[1]} {spec[2]}: killed after {COMBO_TIMEOUT_S:.0f} s\n"
+            out += f"\nHANG {' '.join(map(str, spec))}: killed after {COMBO_TIMEOUT_S:.0f} s\n"
         print(out, end="", flush=True)
         summary += [line for line in out.splitlines() if line.startswith(("combo", "HANG"))]
     print(f"\n## correctness ({time.time() - t0:.0f} s)")
@@ -123,6 +151,8 @@ if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "correctness"
     if what == "combo":
         combo(int(sys.argv[2]), bool(int(sys.argv[3])), sys.argv[4])
+    elif what == "features":
+        features(int(sys.argv[2]), sys.argv[3])
     elif what == "profile":
         profile()
     else:

@@ -39,6 +39,7 @@ fp32 with natural-log lse; dq/dk/dv in the input dtype.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .portable_bwd import attention_delta
+from .portable_fwd import score_scales
+from .sm90_masking import (key_blocks, mask_arguments, query_tiles, soft_cap, unmasked_key_blocks, visible_keys,
+                           visible_queries_t)
 from .sm90_fwd import _GL_DTYPES, _SIG_DTYPES, _tma_operand
 
 SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
@@ -222,22 +226,6 @@ for _cfg in (*DKDV_CONFIGS.values(), *DQ_CONFIGS.values()):
 # dK/dV kernel
 # --------------------------------------------------------------------------------------------------
 @gluon.jit
-def _dkdv_query_tiles(n_start, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                      CAUSAL: gl.constexpr):
-    """(first query tile, number of query tiles, first tile needing no causal mask) of a key block."""
-    num_m = gl.cdiv(seqlen_q, BLOCK_M)
-    first = 0
-    unmasked = 0
-    if CAUSAL:
-        diag = seqlen_k - seqlen_q
-        # query i sees key n_start iff i >= n_start - diag; it sees the whole block iff
-        # i >= n_start + BLOCK_N - 1 - diag
-        first = gl.minimum(gl.maximum(n_start - diag, 0) // BLOCK_M, num_m)
-        unmasked = gl.cdiv(gl.maximum(n_start + BLOCK_N - 1 - diag, 0), BLOCK_M)
-    return first, num_m - first, unmasked
-
-
-@gluon.jit
 def _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size):
     """Tile t of the flattened (query head of the group, query tile) loop."""
     head_in_group = t // n_m
@@ -247,9 +235,9 @@ def _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size):
 
 @gluon.jit
 def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, bars,
-                   seqlen_q, seqlen_k, num_kv_heads, group_size,
+                   seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                   CAUSAL: gl.constexpr):
+                   LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr):
     kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
     n_start = gl.program_id(0) * BLOCK_N
     b = gl.program_id(1) // num_kv_heads
@@ -257,7 +245,8 @@ def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_s
     mbarrier.expect(kv_ready, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(k_desc, [b, n_start, kv_head, 0], kv_ready, k_smem)
     tma.async_copy_global_to_shared(v_desc, [b, n_start, kv_head, 0], kv_ready, v_smem)
-    m_first, n_m, _unmasked = _dkdv_query_tiles(n_start, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    m_first, n_m, _lo, _hi = query_tiles(n_start, seqlen_q, seqlen_k, window_left, window_right, BLOCK_M, BLOCK_N,
+                                         LEFT_BOUNDED, RIGHT_BOUNDED)
     for t in range(group_size * n_m):
         head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
         stage = t % STAGES
@@ -279,32 +268,31 @@ def _row_stats(ptr, head, b, m_block, seqlen_q, total_q, other: gl.constexpr,
 
 
 @gluon.jit
-def _mask_transposed(p_t, n_start, m_start, seqlen_q, seqlen_k, layout: gl.constexpr,
-                     BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr):
-    # key n_start + r is seen by query m_start + c iff c >= n_start + r - diag - m_start
-    keys = gl.arange(0, BLOCK_N, gl.SliceLayout(1, layout))
-    first_col = keys + (n_start - (seqlen_k - seqlen_q) - m_start)
-    cols = gl.arange(0, BLOCK_M, gl.SliceLayout(0, layout))
-    return gl.where(cols[None, :] >= first_col[:, None], p_t, 0.0)
+def _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale, softcap_scale,
+                             seqlen_q, seqlen_k, window_left, window_right, layout: gl.constexpr,
+                             BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
+                             RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr):
+    """(P^T, P^T for dS^T) of one tile. With a soft cap the second carries the cap's derivative
+    (1 - tanh^2), so warpgroup 1's dS^T = P^T (dP^T - delta) needs no change."""
+    t = soft_cap(s_t, softcap_scale, SOFTCAP)
+    p_t = gl.exp2(t * qk_scale - lse2[None, :])
+    if LEFT_BOUNDED or RIGHT_BOUNDED:
+        if (m_block < unmasked_lo) | (m_block >= unmasked_hi):
+            keep = visible_queries_t(n_start, m_block * BLOCK_M, seqlen_q, seqlen_k, window_left, window_right,
+                                     layout, BLOCK_N, BLOCK_M, LEFT_BOUNDED, RIGHT_BOUNDED)
+            p_t = gl.where(keep, p_t, 0.0)
+    p_grad = p_t
+    if SOFTCAP:
+        p_grad = p_t * (1.0 - t * t)
+    return p_t, p_grad
 
 
 @gluon.jit
-def _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked, qk_scale, seqlen_q, seqlen_k,
-                             layout: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr,
-                             CAUSAL: gl.constexpr):
-    p_t = gl.exp2(s_t * qk_scale - lse2[None, :])
-    if CAUSAL:
-        if m_block < unmasked:
-            p_t = _mask_transposed(p_t, n_start, m_block * BLOCK_M, seqlen_q, seqlen_k, layout,
-                                   BLOCK_N, BLOCK_M)
-    return p_t
-
-
-@gluon.jit
-def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr, qk_scale,
-                        seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
+def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr, qk_scale, softcap_scale,
+                        seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
                         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                        STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, CAUSAL: gl.constexpr):
+                        STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
+                        RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, DV_FIRST: gl.constexpr):
     """Warpgroup 0: S^T = K Q^T, P^T (shared with warpgroup 1), dV += P^T dO; stores dV."""
     kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
     dtype: gl.constexpr = k_smem.dtype
@@ -318,7 +306,8 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr,
     n_start = gl.program_id(0) * BLOCK_N
     b = gl.program_id(1) // num_kv_heads
     kv_head = gl.program_id(1) - b * num_kv_heads
-    m_first, n_m, unmasked = _dkdv_query_tiles(n_start, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    m_first, n_m, unmasked_lo, unmasked_hi = query_tiles(n_start, seqlen_q, seqlen_k, window_left, window_right,
+                                                         BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
     n_tiles = group_size * n_m
     dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
     mbarrier.wait(kv_ready, 0)
@@ -331,10 +320,11 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr,
         s_t = warpgroup_mma(k_smem, q_smem.index(0).permute((1, 0)),
                             gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
         s_t = warpgroup_mma_wait(0, deps=(s_t, ))
-        p_t = _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked, qk_scale, seqlen_q, seqlen_k,
-                                       st_layout, BLOCK_N, BLOCK_M, CAUSAL)
+        p_t, p_grad = _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
+                                               softcap_scale, seqlen_q, seqlen_k, window_left, window_right,
+                                               st_layout, BLOCK_N, BLOCK_M, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
         mbarrier.wait(p_empty.index(0), 1)
-        p_smem.index(0).store(p_t)
+        p_smem.index(0).store(p_grad)
         mbarrier.arrive(p_ready.index(0))
         p_op = gl.convert_layout(p_t.to(dtype), op_layout)
         prev_stage = 0
@@ -344,20 +334,40 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr,
             stage = t % STAGES
             lse2 = _row_stats(lse_ptr, head, b, m_block, seqlen_q, total_q, float("inf"), BLOCK_M,
                               col_layout) * LOG2E
-            mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
-            s_t = warpgroup_mma(k_smem, q_smem.index(stage).permute((1, 0)),
-                                gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
-                                is_async=True)
-            dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
-            s_t = warpgroup_mma_wait(1, deps=(s_t, ))
-            p_t = _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked, qk_scale, seqlen_q,
-                                           seqlen_k, st_layout, BLOCK_N, BLOCK_M, CAUSAL)
-            slot = t % P_BUFFERS
-            mbarrier.wait(p_empty.index(slot), ((t // P_BUFFERS) & 1) ^ 1)
-            p_smem.index(slot).store(p_t)
-            mbarrier.arrive(p_ready.index(slot))
-            dv, p_op = warpgroup_mma_wait(0, deps=(dv, p_op))
-            mbarrier.arrive(qdo_empty.index(prev_stage))
+            if DV_FIRST:
+                dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
+                mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
+                s_t = warpgroup_mma(k_smem, q_smem.index(stage).permute((1, 0)),
+                                    gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
+                                    is_async=True)
+                dv, p_op = warpgroup_mma_wait(1, deps=(dv, p_op))
+                mbarrier.arrive(qdo_empty.index(prev_stage))
+                s_t = warpgroup_mma_wait(0, deps=(s_t, ))
+                p_t, p_grad = _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi,
+                                                       qk_scale, softcap_scale, seqlen_q, seqlen_k, window_left,
+                                                       window_right, st_layout, BLOCK_N, BLOCK_M, LEFT_BOUNDED,
+                                                       RIGHT_BOUNDED, SOFTCAP)
+                slot = t % P_BUFFERS
+                mbarrier.wait(p_empty.index(slot), ((t // P_BUFFERS) & 1) ^ 1)
+                p_smem.index(slot).store(p_grad)
+                mbarrier.arrive(p_ready.index(slot))
+            else:
+                mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
+                s_t = warpgroup_mma(k_smem, q_smem.index(stage).permute((1, 0)),
+                                    gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
+                                    is_async=True)
+                dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
+                s_t = warpgroup_mma_wait(1, deps=(s_t, ))
+                p_t, p_grad = _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi,
+                                                       qk_scale, softcap_scale, seqlen_q, seqlen_k, window_left,
+                                                       window_right, st_layout, BLOCK_N, BLOCK_M, LEFT_BOUNDED,
+                                                       RIGHT_BOUNDED, SOFTCAP)
+                slot = t % P_BUFFERS
+                mbarrier.wait(p_empty.index(slot), ((t // P_BUFFERS) & 1) ^ 1)
+                p_smem.index(slot).store(p_grad)
+                mbarrier.arrive(p_ready.index(slot))
+                dv, p_op = warpgroup_mma_wait(0, deps=(dv, p_op))
+                mbarrier.arrive(qdo_empty.index(prev_stage))
             p_op = gl.convert_layout(p_t.to(dtype), op_layout)
             prev_stage = stage
         dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
@@ -372,9 +382,10 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr,
 
 @gluon.jit
 def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr, softmax_scale,
-                      seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
+                      seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                      STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, CAUSAL: gl.constexpr):
+                      STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
+                      RIGHT_BOUNDED: gl.constexpr, DV_FIRST: gl.constexpr):
     """Warpgroup 1: dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q; stores scale * dK."""
     kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
     dtype: gl.constexpr = v_smem.dtype
@@ -388,7 +399,8 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr,
     n_start = gl.program_id(0) * BLOCK_N
     b = gl.program_id(1) // num_kv_heads
     kv_head = gl.program_id(1) - b * num_kv_heads
-    m_first, n_m, _unmasked = _dkdv_query_tiles(n_start, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    m_first, n_m, _lo, _hi = query_tiles(n_start, seqlen_q, seqlen_k, window_left, window_right, BLOCK_M, BLOCK_N,
+                                         LEFT_BOUNDED, RIGHT_BOUNDED)
     n_tiles = group_size * n_m
     dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
     mbarrier.wait(kv_ready, 0)
@@ -409,19 +421,33 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr,
             head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
             stage = t % STAGES
             delta = _row_stats(delta_ptr, head, b, m_block, seqlen_q, total_q, 0.0, BLOCK_M, col_layout)
-            mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
-            dp_t = warpgroup_mma(v_smem, do_smem.index(stage).permute((1, 0)),
-                                 gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
-                                 is_async=True)
-            dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
-            dp_t = warpgroup_mma_wait(1, deps=(dp_t, ))
             slot = t % P_BUFFERS
-            mbarrier.wait(p_ready.index(slot), (t // P_BUFFERS) & 1)
-            p_t = p_smem.index(slot).load(st_layout)
-            mbarrier.arrive(p_empty.index(slot))
-            ds_t = p_t * (dp_t - delta[None, :])
-            dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
-            mbarrier.arrive(qdo_empty.index(prev_stage))
+            if DV_FIRST:
+                dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
+                mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
+                dp_t = warpgroup_mma(v_smem, do_smem.index(stage).permute((1, 0)),
+                                     gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
+                                     is_async=True)
+                dk, ds_op = warpgroup_mma_wait(1, deps=(dk, ds_op))
+                mbarrier.arrive(qdo_empty.index(prev_stage))
+                dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
+                mbarrier.wait(p_ready.index(slot), (t // P_BUFFERS) & 1)
+                p_t = p_smem.index(slot).load(st_layout)
+                mbarrier.arrive(p_empty.index(slot))
+                ds_t = p_t * (dp_t - delta[None, :])
+            else:
+                mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
+                dp_t = warpgroup_mma(v_smem, do_smem.index(stage).permute((1, 0)),
+                                     gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
+                                     is_async=True)
+                dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
+                dp_t = warpgroup_mma_wait(1, deps=(dp_t, ))
+                mbarrier.wait(p_ready.index(slot), (t // P_BUFFERS) & 1)
+                p_t = p_smem.index(slot).load(st_layout)
+                mbarrier.arrive(p_empty.index(slot))
+                ds_t = p_t * (dp_t - delta[None, :])
+                dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
+                mbarrier.arrive(qdo_empty.index(prev_stage))
             ds_op = gl.convert_layout(ds_t.to(dtype), op_layout)
             prev_stage = stage
         dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
@@ -435,13 +461,16 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr,
 
 
 # Sizes are not specialised (no recompiles for seqlen 1 or odd lengths); only the constexprs are.
-@gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_kv_heads", "group_size", "total_q"])
+@gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_kv_heads", "group_size", "total_q", "window_left",
+                              "window_right"])
 def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse_ptr, delta_ptr,
-                              softmax_scale, qk_scale, seqlen_q, seqlen_k, num_kv_heads, group_size,
-                              total_q,
+                              softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_kv_heads,
+                              group_size, total_q, window_left, window_right,
                               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                              STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, CAUSAL: gl.constexpr,
-                              CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+                              STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
+                              RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
+                              CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+                              DV_FIRST: gl.constexpr = True):
     dtype: gl.constexpr = q_desc.dtype
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     qdo_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], dtype)
@@ -469,15 +498,17 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
     bars = (kv_ready, qdo_ready, qdo_empty, p_ready, p_empty)
 
     gl.warp_specialize([
-        (_dkdv_probabilities, (k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr, qk_scale,
-                               seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
-                               BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS, CAUSAL)),
+        (_dkdv_probabilities, (k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr, qk_scale, softcap_scale,
+                               seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
+                               BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS, LEFT_BOUNDED, RIGHT_BOUNDED,
+                               SOFTCAP, DV_FIRST)),
         (_dkdv_score_grads, (v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr, softmax_scale,
-                             seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
-                             BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS, CAUSAL)),
+                             seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
+                             BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS, LEFT_BOUNDED, RIGHT_BOUNDED,
+                             DV_FIRST)),
         (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, bars,
-                          seqlen_q, seqlen_k, num_kv_heads, group_size,
-                          BLOCK_M, BLOCK_N, STAGES, CAUSAL)),
+                          seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
+                          BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -493,89 +524,86 @@ def _dq_tile(num_heads):
 
 
 @gluon.jit
-def _dq_m_block(CAUSAL: gl.constexpr):
+def _dq_m_block(REVERSE: gl.constexpr):
     # causal runs the longest (last) query blocks first
     m_block = gl.program_id(0)
-    if CAUSAL:
+    if REVERSE:
         m_block = gl.num_programs(0) - 1 - m_block
     return m_block
 
 
 @gluon.jit
-def _dq_num_key_blocks(row_end, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
-    # key blocks seen by query rows < row_end
-    n_blocks = gl.cdiv(seqlen_k, BLOCK_N)
-    if CAUSAL:
-        n_blocks = gl.minimum(n_blocks, gl.cdiv(gl.maximum(row_end + seqlen_k - seqlen_q, 0), BLOCK_N))
-    return n_blocks
-
-
-@gluon.jit
 def _dq_producer(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, bars,
-                 seqlen_q, seqlen_k, num_heads, group_size,
+                 seqlen_q, seqlen_k, num_heads, group_size, window_left, window_right,
                  BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, K_STAGES: gl.constexpr,
-                 V_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+                 V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr):
     q_ready, k_ready, k_empty, v_ready, v_empty = bars
     b, h = _dq_tile(num_heads)
-    m_block = _dq_m_block(CAUSAL)
+    m_block = _dq_m_block(RIGHT_BOUNDED)
     kv_head = h // group_size
     mbarrier.expect(q_ready, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [b, m_block * BLOCK_M, h, 0], q_ready, q_smem)
     tma.async_copy_global_to_shared(do_desc, [b, m_block * BLOCK_M, h, 0], q_ready, do_smem)
-    n_blocks = _dq_num_key_blocks((m_block + 1) * BLOCK_M, seqlen_q, seqlen_k, BLOCK_N, CAUSAL)
-    for j in range(n_blocks):
-        k_stage = j % K_STAGES
-        mbarrier.wait(k_empty.index(k_stage), ((j // K_STAGES) & 1) ^ 1)
+    lo, hi = key_blocks(m_block * BLOCK_M, BLOCK_M, seqlen_q, seqlen_k, window_left, window_right, BLOCK_N,
+                        LEFT_BOUNDED, RIGHT_BOUNDED)
+    for i in range(hi - lo):
+        j = lo + i
+        k_stage = i % K_STAGES
+        mbarrier.wait(k_empty.index(k_stage), ((i // K_STAGES) & 1) ^ 1)
         mbarrier.expect(k_ready.index(k_stage), k_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(k_desc, [b, j * BLOCK_N, kv_head, 0], k_ready.index(k_stage),
                                         k_smem.index(k_stage))
-        v_stage = j % V_STAGES
-        mbarrier.wait(v_empty.index(v_stage), ((j // V_STAGES) & 1) ^ 1)
+        v_stage = i % V_STAGES
+        mbarrier.wait(v_empty.index(v_stage), ((i // V_STAGES) & 1) ^ 1)
         mbarrier.expect(v_ready.index(v_stage), v_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(v_desc, [b, j * BLOCK_N, kv_head, 0], v_ready.index(v_stage),
                                         v_smem.index(v_stage))
 
 
 @gluon.jit
-def _dq_probabilities(s, lse2, qk_scale, j, diag_end, seqlen_k, layout: gl.constexpr, BLOCK_M: gl.constexpr,
-                      BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr):
-    """P of key block j; diag_end = m_start + Sk - Sq + 1. Masked blocks also drop keys past seqlen_k:
-    their K rows are zero, but P there is exp2(-lse), and a huge P times a zero K row would be NaN."""
-    p = gl.exp2(s * qk_scale - lse2[:, None])
+def _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, j, seqlen_q, seqlen_k, window_left,
+                      window_right, layout: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                      LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
+                      MASKED: gl.constexpr):
+    """P of key block j, times the soft cap's derivative (1 - tanh^2) when there is one: all dS needs.
+    Masked blocks also drop keys past seqlen_k: their K rows are zero, but P there is exp2(-lse), and a
+    huge P times a zero K row would be NaN."""
+    t = soft_cap(s, softcap_scale, SOFTCAP)
+    p = gl.exp2(t * qk_scale - lse2[:, None])
     if MASKED:
-        rows = gl.arange(0, BLOCK_M, gl.SliceLayout(1, layout))
-        col_end = gl.full([BLOCK_M], seqlen_k - j * BLOCK_N, gl.int32, gl.SliceLayout(1, layout))
-        if CAUSAL:
-            # key j*BLOCK_N + c is seen by row m_start + r iff c < r + diag_end - j*BLOCK_N
-            col_end = gl.minimum(col_end, rows + (diag_end - j * BLOCK_N))
-        cols = gl.arange(0, BLOCK_N, gl.SliceLayout(0, layout))
-        p = gl.where(cols[None, :] < col_end[:, None], p, 0.0)
+        keep = visible_keys(m_start, j * BLOCK_N, seqlen_q, seqlen_k, window_left, window_right, layout, BLOCK_M,
+                            BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
+        p = gl.where(keep, p, 0.0)
+    if SOFTCAP:
+        p = p * (1.0 - t * t)
     return p
 
 
 @gluon.jit
-def _dq_blocks(dq, ds_op, prev_k_stage, start, end, q_smem, do_smem, k_smem, v_smem, bars, lse2, delta,
-               qk_scale, diag_end, seqlen_k, s_layout: gl.constexpr, op_layout: gl.constexpr,
-               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, K_STAGES: gl.constexpr, V_STAGES: gl.constexpr,
-               CAUSAL: gl.constexpr, MASKED: gl.constexpr):
-    """Key blocks [start, end), block start-1's dS pending in ds_op. Issue dQ += dS_{j-1} K_{j-1}, S_j
-    and dP_j back to back; exp2 of S_j runs while dP_j is on the tensor cores."""
+def _dq_blocks(dq, ds_op, prev_k_stage, lo, start, end, q_smem, do_smem, k_smem, v_smem, bars, lse2, delta,
+               qk_scale, softcap_scale, m_start, seqlen_q, seqlen_k, window_left, window_right,
+               s_layout: gl.constexpr, op_layout: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+               K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
+               RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, MASKED: gl.constexpr):
+    """Key blocks [start, end) (ring position j - lo), block start-1's dS pending in ds_op. Issue
+    dQ += dS_{j-1} K_{j-1}, S_j and dP_j back to back; exp2 of S_j runs while dP_j is on the tensor cores."""
     q_ready, k_ready, k_empty, v_ready, v_empty = bars
     dtype: gl.constexpr = q_smem.dtype
     for j in range(start, end):
-        k_stage = j % K_STAGES
-        v_stage = j % V_STAGES
+        i = j - lo
+        k_stage = i % K_STAGES
+        v_stage = i % V_STAGES
         dq = warpgroup_mma(ds_op, k_smem.index(prev_k_stage), dq, is_async=True)
-        mbarrier.wait(k_ready.index(k_stage), (j // K_STAGES) & 1)
+        mbarrier.wait(k_ready.index(k_stage), (i // K_STAGES) & 1)
         s = warpgroup_mma(q_smem, k_smem.index(k_stage).permute((1, 0)),
                           gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
-        mbarrier.wait(v_ready.index(v_stage), (j // V_STAGES) & 1)
+        mbarrier.wait(v_ready.index(v_stage), (i // V_STAGES) & 1)
         dp = warpgroup_mma(do_smem, v_smem.index(v_stage).permute((1, 0)),
                            gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
         dq, ds_op, s = warpgroup_mma_wait(1, deps=(dq, ds_op, s))
         mbarrier.arrive(k_empty.index(prev_k_stage))
-        p = _dq_probabilities(s, lse2, qk_scale, j, diag_end, seqlen_k, s_layout, BLOCK_M, BLOCK_N, CAUSAL,
-                              MASKED)
+        p = _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, j, seqlen_q, seqlen_k, window_left,
+                              window_right, s_layout, BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, MASKED)
         dp = warpgroup_mma_wait(0, deps=(dp, ))
         mbarrier.arrive(v_empty.index(v_stage))
         ds_op = gl.convert_layout((p * (dp - delta[:, None])).to(dtype), op_layout)
@@ -585,9 +613,10 @@ def _dq_blocks(dq, ds_op, prev_k_stage, start, end, q_smem, do_smem, k_smem, v_s
 
 @gluon.jit
 def _dq_consumer(q_smem, do_smem, k_smem, v_smem, dq_desc, bars, lse_ptr, delta_ptr, qk_scale,
-                 softmax_scale, seqlen_q, seqlen_k, num_heads, total_q,
+                 softmax_scale, softcap_scale, seqlen_q, seqlen_k, num_heads, total_q, window_left, window_right,
                  BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                 K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+                 K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
+                 RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr):
     """Both consumer warpgroups in one 8-warp partition: warpgroup w computes rows [64 w, 64 w + 64)
     of every M = 128 wgmma (the layout splits it)."""
     q_ready, k_ready, k_empty, v_ready, v_empty = bars
@@ -600,21 +629,19 @@ def _dq_consumer(q_smem, do_smem, k_smem, v_smem, dq_desc, bars, lse_ptr, delta_
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
 
     b, h = _dq_tile(num_heads)
-    m_block = _dq_m_block(CAUSAL)
+    m_block = _dq_m_block(RIGHT_BOUNDED)
     m_start = m_block * BLOCK_M
-    diag = seqlen_k - seqlen_q
-    n_blocks = _dq_num_key_blocks(m_start + BLOCK_M, seqlen_q, seqlen_k, BLOCK_N, CAUSAL)
-    # blocks from here on hold keys past seqlen_k or cross the diagonal for some row of the tile
-    first_masked = seqlen_k // BLOCK_N
-    if CAUSAL:
-        first_masked = gl.minimum(first_masked, gl.maximum(m_start + diag + 1, 0) // BLOCK_N)
+    lo, hi = key_blocks(m_start, BLOCK_M, seqlen_q, seqlen_k, window_left, window_right, BLOCK_N, LEFT_BOUNDED,
+                        RIGHT_BOUNDED)
+    unmasked_lo, unmasked_hi = unmasked_key_blocks(m_start, BLOCK_M, seqlen_q, seqlen_k, window_left, window_right,
+                                                   BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
 
     lse2 = _row_stats(lse_ptr, h, b, m_block, seqlen_q, total_q, float("inf"), BLOCK_M, row_layout) * LOG2E
     delta = _row_stats(delta_ptr, h, b, m_block, seqlen_q, total_q, 0.0, BLOCK_M, row_layout)
     dq = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, acc_layout)
     mbarrier.wait(q_ready, 0)
-    if n_blocks > 0:
-        # Block 0: S, dP and dS only.
+    if hi > lo:
+        # First block: S, dP and dS only.
         mbarrier.wait(k_ready.index(0), 0)
         s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)),
                           gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
@@ -623,24 +650,40 @@ def _dq_consumer(q_smem, do_smem, k_smem, v_smem, dq_desc, bars, lse_ptr, delta_
                            gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
         s, dp = warpgroup_mma_wait(0, deps=(s, dp))
         mbarrier.arrive(v_empty.index(0))
-        if first_masked == 0:
-            p = _dq_probabilities(s, lse2, qk_scale, 0, m_start + diag + 1, seqlen_k, s_layout, BLOCK_M, BLOCK_N,
-                                  CAUSAL, True)
+        if (lo < unmasked_lo) | (lo >= unmasked_hi):
+            p = _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, lo, seqlen_q, seqlen_k, window_left,
+                                  window_right, s_layout, BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP,
+                                  True)
         else:
-            p = _dq_probabilities(s, lse2, qk_scale, 0, m_start + diag + 1, seqlen_k, s_layout, BLOCK_M, BLOCK_N,
-                                  CAUSAL, False)
+            p = _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, lo, seqlen_q, seqlen_k, window_left,
+                                  window_right, s_layout, BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP,
+                                  False)
         ds_op = gl.convert_layout((p * (dp - delta[:, None])).to(dtype), op_layout)
-        # Interior blocks need no mask: a loop without it, then one with it for the diagonal / ragged
-        # end (a run-time branch inside one loop keeps both paths' values live and spills at d=256).
-        mask_from = gl.maximum(first_masked, 1)
-        diag_end = m_start + diag + 1
-        dq, ds_op, prev_k_stage = _dq_blocks(dq, ds_op, gl.to_tensor(0), 1, mask_from, q_smem, do_smem, k_smem,
-                                             v_smem, bars, lse2, delta, qk_scale, diag_end, seqlen_k, s_layout,
-                                             op_layout, BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, CAUSAL, False)
-        dq, ds_op, prev_k_stage = _dq_blocks(dq, ds_op, prev_k_stage, mask_from, n_blocks, q_smem, do_smem,
-                                             k_smem, v_smem, bars, lse2, delta, qk_scale, diag_end, seqlen_k,
-                                             s_layout, op_layout, BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, CAUSAL,
-                                             True)
+        # Masked blocks (window start), interior blocks without the mask, masked blocks (diagonal /
+        # ragged end): three loops (a run-time branch inside one loop keeps both paths' values live and
+        # spills at d=256).
+        interior_from = gl.minimum(gl.maximum(unmasked_lo, lo + 1), hi)
+        masked_from = gl.minimum(gl.maximum(unmasked_hi, interior_from), hi)
+        prev_k_stage = gl.to_tensor(0)
+        if LEFT_BOUNDED:
+            dq, ds_op, prev_k_stage = _dq_blocks(dq, ds_op, prev_k_stage, lo, lo + 1, interior_from, q_smem,
+                                                 do_smem, k_smem, v_smem, bars, lse2, delta, qk_scale,
+                                                 softcap_scale, m_start, seqlen_q, seqlen_k, window_left,
+                                                 window_right, s_layout, op_layout, BLOCK_M, BLOCK_N, K_STAGES,
+                                                 V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, True)
+        else:
+            interior_from = lo + 1
+            masked_from = gl.maximum(gl.minimum(unmasked_hi, hi), interior_from)
+        dq, ds_op, prev_k_stage = _dq_blocks(dq, ds_op, prev_k_stage, lo, interior_from, masked_from, q_smem,
+                                             do_smem, k_smem, v_smem, bars, lse2, delta, qk_scale, softcap_scale,
+                                             m_start, seqlen_q, seqlen_k, window_left, window_right, s_layout,
+                                             op_layout, BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, LEFT_BOUNDED,
+                                             RIGHT_BOUNDED, SOFTCAP, False)
+        dq, ds_op, prev_k_stage = _dq_blocks(dq, ds_op, prev_k_stage, lo, masked_from, hi, q_smem, do_smem,
+                                             k_smem, v_smem, bars, lse2, delta, qk_scale, softcap_scale, m_start,
+                                             seqlen_q, seqlen_k, window_left, window_right, s_layout, op_layout,
+                                             BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED,
+                                             SOFTCAP, True)
         dq = warpgroup_mma(ds_op, k_smem.index(prev_k_stage), dq, is_async=True)
         dq, ds_op = warpgroup_mma_wait(0, deps=(dq, ds_op))
         mbarrier.arrive(k_empty.index(prev_k_stage))
@@ -651,12 +694,14 @@ def _dq_consumer(q_smem, do_smem, k_smem, v_smem, dq_desc, bars, lse_ptr, delta_
     tma.store_wait(0)
 
 
-@gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_heads", "group_size", "total_q"])
+@gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_heads", "group_size", "total_q", "window_left",
+                              "window_right"])
 def sm90_attn_bwd_dq_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, lse_ptr, delta_ptr,
-                            softmax_scale, qk_scale, seqlen_q, seqlen_k, num_heads, group_size, total_q,
+                            softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_heads, group_size,
+                            total_q, window_left, window_right,
                             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                            K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                            PRODUCER_REGS: gl.constexpr):
+                            K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
+                            RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, PRODUCER_REGS: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], dtype)
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
@@ -681,11 +726,12 @@ def sm90_attn_bwd_dq_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, lse_ptr, d
 
     gl.warp_specialize([
         (_dq_consumer, (q_smem, do_smem, k_smem, v_smem, dq_desc, bars, lse_ptr, delta_ptr, qk_scale,
-                        softmax_scale, seqlen_q, seqlen_k, num_heads, total_q,
-                        BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, CAUSAL)),
+                        softmax_scale, softcap_scale, seqlen_q, seqlen_k, num_heads, total_q, window_left,
+                        window_right, BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED,
+                        SOFTCAP)),
         (_dq_producer, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, bars,
-                        seqlen_q, seqlen_k, num_heads, group_size,
-                        BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, CAUSAL)),
+                        seqlen_q, seqlen_k, num_heads, group_size, window_left, window_right,
+                        BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED)),
     ], [1], [PRODUCER_REGS])
 
 
@@ -708,11 +754,17 @@ def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 
 
 def sm90_bwd_supports(q: torch.Tensor, args) -> bool:
-    """True when sm90_backward handles these inputs (plain or causal attention, sm_90, d 64/128/256)."""
+    """True when sm90_backward handles these inputs: plain, causal, sliding-window or soft-capped
+    attention on sm_90 at d 64/128/256 (sinks and varlen stay portable). A soft cap needs the forward's
+    P exactly: the sm90 forward (MUFU.TANH) runs every seqlen_q but 1, which stays portable in both
+    directions."""
     return (q.is_cuda and torch.cuda.get_device_capability(q.device) == (9, 0)
             and q.dtype in _GL_DTYPES and q.dim() == 4 and q.shape[-1] in DKDV_CONFIGS
-            and q.stride(-1) == 1 and args.window == (-1, -1) and args.softcap == 0
-            and args.sink is None and args.cu_seqlens_q is None)
+            and q.stride(-1) == 1 and args.sink is None and args.cu_seqlens_q is None
+            and not (args.softcap > 0 and q.shape[1] == 1))
+
+
+_EXPERIMENT = os.environ.get("FLASH256_BWD_EXPERIMENT", "dvfirst").split(",")  # temporary A/B switch
 
 
 def sm90_backward(dout, q, k, v, out, lse, dlse, args):
@@ -730,24 +782,28 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
     q, k, v, dout = (_tma_operand(t) for t in (q, k, v, dout))
     total_q = batch * seqlen_q
     group_size = nheads // nheads_kv
-    qk_scale = args.softmax_scale * math.log2(math.e)
+    qk_scale, softcap_scale = score_scales(args.softmax_scale, args.softcap)
+    window_left, window_right, mask_flags = mask_arguments(seqlen_q, seqlen_k, args.causal, args.window)
 
     cfg = DKDV_CONFIGS[head_dim]
     sm90_attn_bwd_dkdv_kernel[(triton.cdiv(seqlen_k, cfg.block_n), batch * nheads_kv)](
         _descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n),
         _descriptor(dout, cfg.block_m), _descriptor(dk, cfg.block_n), _descriptor(dv, cfg.block_n),
-        lse, delta, args.softmax_scale, qk_scale, seqlen_q, seqlen_k, nheads_kv, group_size, total_q,
+        lse, delta, args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads_kv, group_size,
+        total_q, window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, STAGES=cfg.qdo_stages,
-        P_BUFFERS=cfg.p_buffers, CAUSAL=bool(args.causal), CONSUMER_REGS=cfg.consumer_regs,
-        PRODUCER_REGS=cfg.producer_regs, num_warps=4, maxnreg=cfg.launch_maxnreg)
+        P_BUFFERS=cfg.p_buffers, SOFTCAP=args.softcap > 0, **mask_flags, CONSUMER_REGS=cfg.consumer_regs,
+        PRODUCER_REGS=cfg.producer_regs, DV_FIRST="dvfirst" in _EXPERIMENT, num_warps=4,
+        maxnreg=cfg.launch_maxnreg)
 
     cfg = DQ_CONFIGS[head_dim]
     sm90_attn_bwd_dq_kernel[(triton.cdiv(seqlen_q, cfg.block_m), batch * nheads)](
         _descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n),
         _descriptor(dout, cfg.block_m), _descriptor(dq, cfg.block_m), lse, delta,
-        args.softmax_scale, qk_scale, seqlen_q, seqlen_k, nheads, group_size, total_q,
+        args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads, group_size, total_q,
+        window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, K_STAGES=cfg.k_stages,
-        V_STAGES=cfg.v_stages, CAUSAL=bool(args.causal), PRODUCER_REGS=cfg.producer_regs,
+        V_STAGES=cfg.v_stages, SOFTCAP=args.softcap > 0, **mask_flags, PRODUCER_REGS=cfg.producer_regs,
         num_warps=8, maxnreg=cfg.launch_maxnreg)
     return dq, dk, dv, None
 
@@ -755,8 +811,9 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
 # --------------------------------------------------------------------------------------------------
 # Compiling without a GPU (for `python -m flash256.inspect --kernel sm90_bwd`)
 # --------------------------------------------------------------------------------------------------
-_SCALARS = dict(lse_ptr="*fp32", delta_ptr="*fp32", softmax_scale="fp32", qk_scale="fp32",
-                seqlen_q="i32", seqlen_k="i32", group_size="i32", total_q="i32")
+_SCALARS = dict(lse_ptr="*fp32", delta_ptr="*fp32", softmax_scale="fp32", qk_scale="fp32", softcap_scale="fp32",
+                seqlen_q="i32", seqlen_k="i32", group_size="i32", total_q="i32", window_left="i32",
+                window_right="i32")
 
 
 def _desc_types(dtype: torch.dtype, head_dim: int, **rows_by_name) -> dict:
@@ -766,25 +823,28 @@ def _desc_types(dtype: torch.dtype, head_dim: int, **rows_by_name) -> dict:
             for name, rows in rows_by_name.items()}
 
 
-def compile_dkdv(cfg: Sm90BwdDkdvConfig, causal: bool, dtype: torch.dtype = torch.bfloat16, arch: int = 90):
+def compile_dkdv(cfg: Sm90BwdDkdvConfig, causal: bool, dtype: torch.dtype = torch.bfloat16, arch: int = 90,
+                 left_bounded: bool = False, softcap: bool = False):
     from .compile_target import compile_gluon
     signature = dict(_desc_types(dtype, cfg.head_dim, q_desc=cfg.block_m, k_desc=cfg.block_n,
                                  v_desc=cfg.block_n, do_desc=cfg.block_m, dk_desc=cfg.block_n,
                                  dv_desc=cfg.block_n), num_kv_heads="i32", **_SCALARS)
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, STAGES=cfg.qdo_stages,
-                      P_BUFFERS=cfg.p_buffers, CAUSAL=bool(causal), CONSUMER_REGS=cfg.consumer_regs,
-                      PRODUCER_REGS=cfg.producer_regs)
+                      P_BUFFERS=cfg.p_buffers, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
+                      SOFTCAP=softcap, CONSUMER_REGS=cfg.consumer_regs, PRODUCER_REGS=cfg.producer_regs)
     return compile_gluon(sm90_attn_bwd_dkdv_kernel, signature, constexprs, arch=arch, num_warps=4,
                          maxnreg=cfg.launch_maxnreg)
 
 
-def compile_dq(cfg: Sm90BwdDqConfig, causal: bool, dtype: torch.dtype = torch.bfloat16, arch: int = 90):
+def compile_dq(cfg: Sm90BwdDqConfig, causal: bool, dtype: torch.dtype = torch.bfloat16, arch: int = 90,
+               left_bounded: bool = False, softcap: bool = False):
     from .compile_target import compile_gluon
     signature = dict(_desc_types(dtype, cfg.head_dim, q_desc=cfg.block_m, k_desc=cfg.block_n,
                                  v_desc=cfg.block_n, do_desc=cfg.block_m, dq_desc=cfg.block_m),
                      num_heads="i32", **_SCALARS)
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, K_STAGES=cfg.k_stages,
-                      V_STAGES=cfg.v_stages, CAUSAL=bool(causal), PRODUCER_REGS=cfg.producer_regs)
+                      V_STAGES=cfg.v_stages, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
+                      SOFTCAP=softcap, PRODUCER_REGS=cfg.producer_regs)
     return compile_gluon(sm90_attn_bwd_dq_kernel, signature, constexprs, arch=arch, num_warps=8,
                          maxnreg=cfg.launch_maxnreg)
 

@@ -44,6 +44,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ..ex2 import exp2_split_gl
+from .portable_fwd import score_scales
+from .sm90_masking import key_blocks, mask_arguments, soft_cap, unmasked_key_blocks, visible_keys
 
 SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
 REGISTERS_PER_SM = 65536
@@ -156,27 +158,6 @@ def _tile_coords(tile, num_m_blocks, num_heads_total, heads_per_section, REVERSE
 
 
 @gluon.jit
-def _num_kv_blocks(m_block, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                   CAUSAL: gl.constexpr):
-    n_blocks = gl.cdiv(seqlen_k, BLOCK_N)
-    if CAUSAL:
-        # last key the tile's last row sees is (m_block + 1) * BLOCK_M - 1 + seqlen_k - seqlen_q
-        last_key_end = gl.maximum((m_block + 1) * BLOCK_M + seqlen_k - seqlen_q, 0)
-        n_blocks = gl.minimum(n_blocks, gl.cdiv(last_key_end, BLOCK_N))
-    return n_blocks
-
-
-@gluon.jit
-def _first_masked_block(row_start, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
-    # Blocks before this index need no mask for rows >= row_start: fully inside seqlen_k and, when
-    # causal, fully at or below the diagonal of the first row.
-    first = seqlen_k // BLOCK_N
-    if CAUSAL:
-        first = gl.minimum(first, gl.maximum(row_start + seqlen_k - seqlen_q + 1, 0) // BLOCK_N)
-    return first
-
-
-@gluon.jit
 def _consumer_next_tile(tile, tile_iter, num_tiles, tile_slot, tile_ready, tile_empty,
                         SCHEDULER: gl.constexpr):
     # "single"/"static": the next tile is one grid further. "dynamic": the producer publishes it in
@@ -193,31 +174,27 @@ def _consumer_next_tile(tile, tile_iter, num_tiles, tile_slot, tile_ready, tile_
 
 
 @gluon.jit
-def _apply_mask(s, row_start, col_start, seqlen_q, seqlen_k, s_layout: gl.constexpr,
-                HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
-    # Keep column c of row r iff c < end(r): a per-row bound, relative to the block, compared with
-    # constant column offsets (cheaper, and no tile-invariant predicates for ptxas to keep live).
-    rows = row_start + gl.arange(0, HALF_M, gl.SliceLayout(1, s_layout))
-    col_end = gl.full([HALF_M], seqlen_k - col_start, gl.int32, gl.SliceLayout(1, s_layout))
-    if CAUSAL:
-        col_end = gl.minimum(col_end, rows + (seqlen_k - seqlen_q + 1 - col_start))
-    cols = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
-    return gl.where(cols[None, :] < col_end[:, None], s, -float("inf"))
+def _apply_mask(s, row_start, col_start, seqlen_q, seqlen_k, window_left, window_right, s_layout: gl.constexpr,
+                HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
+                RIGHT_BOUNDED: gl.constexpr):
+    keep = visible_keys(row_start, col_start, seqlen_q, seqlen_k, window_left, window_right, s_layout, HALF_M,
+                        BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
+    return gl.where(keep, s, -float("inf"))
 
 
 @gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
               seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, group_size,
-              heads_per_section, num_tiles,
+              heads_per_section, num_tiles, window_left, window_right,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, KV_STAGES: gl.constexpr,
-              CAUSAL: gl.constexpr, SCHEDULER: gl.constexpr):
+              LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SCHEDULER: gl.constexpr):
     q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty = bars
     HALF_M: gl.constexpr = BLOCK_M // 2
     kv_iter = 0
     tile_iter = 0
     tile = gl.program_id(0)
     while tile < num_tiles:
-        m_block, bh = _tile_coords(tile, num_m_blocks, num_heads_total, heads_per_section, CAUSAL)
+        m_block, bh = _tile_coords(tile, num_m_blocks, num_heads_total, heads_per_section, RIGHT_BOUNDED)
         b = bh // num_heads
         h = bh - b * num_heads
         kv_h = h // group_size
@@ -227,8 +204,9 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, t
             mbarrier.expect(q_ready.index(w), q_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(q_desc, [b, m_start + w * HALF_M, h, 0], q_ready.index(w),
                                             q_smem.index(w))
-        n_blocks = _num_kv_blocks(m_block, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
-        for j in range(n_blocks):
+        lo, hi = key_blocks(m_start, BLOCK_M, seqlen_q, seqlen_k, window_left, window_right, BLOCK_N,
+                             LEFT_BOUNDED, RIGHT_BOUNDED)
+        for j in range(lo, hi):
             stage = kv_iter % KV_STAGES
             empty_phase = ((kv_iter // KV_STAGES) & 1) ^ 1
             mbarrier.wait(k_empty.index(stage), empty_phase)
@@ -253,11 +231,23 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, t
 
 
 @gluon.jit
+def _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, KV_STAGES: gl.constexpr):
+    """A block the other warpgroup needs but these rows cannot see: release it unread."""
+    stage = kv_iter % KV_STAGES
+    mbarrier.wait(k_ready.index(stage), (kv_iter // KV_STAGES) & 1)
+    mbarrier.arrive(k_empty.index(stage))
+    mbarrier.wait(v_ready.index(stage), (kv_iter // KV_STAGES) & 1)
+    mbarrier.arrive(v_empty.index(stage))
+    return kv_iter + 1
+
+
+@gluon.jit
 def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale,
               seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section,
-              num_tiles,
+              num_tiles, window_left, window_right, softcap_scale,
               WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-              KV_STAGES: gl.constexpr, CAUSAL: gl.constexpr, SCHEDULER: gl.constexpr,
+              KV_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
+              SOFTCAP: gl.constexpr, SCHEDULER: gl.constexpr,
               RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr):
     q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty = bars
     HALF_M: gl.constexpr = BLOCK_M // 2
@@ -276,24 +266,29 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale
     tile_iter = 0
     tile = gl.program_id(0)
     while tile < num_tiles:
-        m_block, bh = _tile_coords(tile, num_m_blocks, num_heads_total, heads_per_section, CAUSAL)
+        m_block, bh = _tile_coords(tile, num_m_blocks, num_heads_total, heads_per_section, RIGHT_BOUNDED)
         b = bh // num_heads
         h = bh - b * num_heads
         row_start = m_block * BLOCK_M + WG * HALF_M
-        n_blocks = _num_kv_blocks(m_block, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
-        n_mine = n_blocks
-        if CAUSAL:
-            # warpgroup 0 sits 64 rows above warpgroup 1: its last block(s) can be fully masked
-            n_mine = gl.minimum(n_blocks, gl.cdiv(gl.maximum(row_start + HALF_M + seqlen_k - seqlen_q, 0),
-                                                  BLOCK_N))
-        first_masked = _first_masked_block(row_start, seqlen_q, seqlen_k, BLOCK_N, CAUSAL)
+        # The producer streams the blocks the whole 128-row tile sees; with a window or causal mask
+        # this warpgroup's rows see a sub-range [lo, hi) and release the rest unread.
+        tile_lo, tile_hi = key_blocks(m_block * BLOCK_M, BLOCK_M, seqlen_q, seqlen_k, window_left, window_right,
+                                       BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
+        lo, hi = key_blocks(row_start, HALF_M, seqlen_q, seqlen_k, window_left, window_right, BLOCK_N,
+                             LEFT_BOUNDED, RIGHT_BOUNDED)
+        lo = gl.minimum(gl.maximum(lo, tile_lo), tile_hi)
+        hi = gl.minimum(gl.maximum(hi, lo), tile_hi)
+        unmasked_lo, unmasked_hi = unmasked_key_blocks(row_start, HALF_M, seqlen_q, seqlen_k, window_left,
+                                                    window_right, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
+        for j in range(tile_lo, lo):
+            kv_iter = _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, KV_STAGES)
 
         m_i = gl.full([HALF_M], -float("inf"), gl.float32, s_rows)
         l_i = gl.zeros([HALF_M], gl.float32, s_rows)
         o = gl.zeros([HALF_M, HEAD_DIM], gl.float32, o_layout)
         mbarrier.wait(q_ready.index(WG), tile_iter & 1)
-        if n_mine > 0:
-            # Block 0: S = Q K^T, softmax, no O yet.
+        if hi > lo:
+            # First block: S = Q K^T, softmax, no O yet.
             stage = kv_iter % KV_STAGES
             mbarrier.wait(k_ready.index(stage), (kv_iter // KV_STAGES) & 1)
             s = warpgroup_mma(q_buf, k_smem.index(stage).permute((1, 0)),
@@ -301,8 +296,10 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale
                               is_async=True)
             s = warpgroup_mma_wait(0, deps=(s, ))
             mbarrier.arrive(k_empty.index(stage))
-            if first_masked <= 0:
-                s = _apply_mask(s, row_start, 0, seqlen_q, seqlen_k, s_layout, HALF_M, BLOCK_N, CAUSAL)
+            s = soft_cap(s, softcap_scale, SOFTCAP)
+            if (lo < unmasked_lo) | (lo >= unmasked_hi):
+                s = _apply_mask(s, row_start, lo * BLOCK_N, seqlen_q, seqlen_k, window_left, window_right,
+                                s_layout, HALF_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
             m_i = gl.max(s, axis=1)
             m_scaled = gl.where(m_i == -float("inf"), 0.0, m_i * qk_scale)
             p_f32 = exp2_split_gl(s * qk_scale - m_scaled[:, None], POLY_EIGHTHS)
@@ -313,7 +310,7 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale
             kv_iter += 1
             # (re)define O only now, so its zeros are not live through block 0's softmax
             o = gl.zeros([HALF_M, HEAD_DIM], gl.float32, o_layout)
-            for j in range(1, n_mine):
+            for j in range(lo + 1, hi):
                 # Issue S_j = Q K_j^T, then O += P_{j-1} V_{j-1}; the softmax of S_j overlaps the PV.
                 stage = kv_iter % KV_STAGES
                 mbarrier.wait(k_ready.index(stage), (kv_iter // KV_STAGES) & 1)
@@ -324,9 +321,10 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale
                 o = warpgroup_mma(p, v_smem.index(prev_stage), o, is_async=True)
                 s = warpgroup_mma_wait(1, deps=(s, ))
                 mbarrier.arrive(k_empty.index(stage))
-                if j >= first_masked:
-                    s = _apply_mask(s, row_start, j * BLOCK_N, seqlen_q, seqlen_k, s_layout, HALF_M,
-                                    BLOCK_N, CAUSAL)
+                s = soft_cap(s, softcap_scale, SOFTCAP)
+                if (j < unmasked_lo) | (j >= unmasked_hi):
+                    s = _apply_mask(s, row_start, j * BLOCK_N, seqlen_q, seqlen_k, window_left, window_right,
+                                    s_layout, HALF_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
                 m_new = gl.maximum(m_i, gl.max(s, axis=1))
                 if RESCALE_THRESHOLD > 0:
                     # Lazy rescale: keep the stale max (P <= 2^threshold) unless some row of the
@@ -353,14 +351,8 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale
             o = warpgroup_mma(p, v_smem.index(prev_stage), o, is_async=True)
             o, p = warpgroup_mma_wait(0, deps=(o, p))
             mbarrier.arrive(v_empty.index(prev_stage))
-        for j in range(n_mine, n_blocks):
-            # Blocks the other warpgroup needs but these rows cannot see: release them unread.
-            stage = kv_iter % KV_STAGES
-            mbarrier.wait(k_ready.index(stage), (kv_iter // KV_STAGES) & 1)
-            mbarrier.arrive(k_empty.index(stage))
-            mbarrier.wait(v_ready.index(stage), (kv_iter // KV_STAGES) & 1)
-            mbarrier.arrive(v_empty.index(stage))
-            kv_iter += 1
+        for j in range(hi, tile_hi):
+            kv_iter = _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, KV_STAGES)
 
         # Epilogue: normalise, write lse, stage O in this warpgroup's (now dead) Q half and
         # TMA-store it (the store clips rows beyond seqlen_q); then the producer may reload Q.
@@ -385,23 +377,26 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale
 @gluon.jit
 def _second_consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale,
                      seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section,
-                     num_tiles,
+                     num_tiles, window_left, window_right, softcap_scale,
                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                     KV_STAGES: gl.constexpr, CAUSAL: gl.constexpr, SCHEDULER: gl.constexpr,
+                     KV_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
+                     SOFTCAP: gl.constexpr, SCHEDULER: gl.constexpr,
                      RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr):
     _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale, seqlen_q, seqlen_k,
-              num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles, 1, BLOCK_M,
-              BLOCK_N, HEAD_DIM, KV_STAGES, CAUSAL, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS)
+              num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles, window_left,
+              window_right, softcap_scale, 1, BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES, LEFT_BOUNDED,
+              RIGHT_BOUNDED, SOFTCAP, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS)
 
 
 # Sizes are not specialised (no recompiles for seqlen 1 or odd lengths); only the constexprs are.
 @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_heads", "group_size", "heads_per_section",
-                              "num_m_blocks", "num_heads_total", "num_tiles"])
+                              "num_m_blocks", "num_heads_total", "num_tiles", "window_left", "window_right"])
 def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, tile_counter, qk_scale,
                          seqlen_q, seqlen_k, num_heads, group_size, heads_per_section,
-                         num_m_blocks, num_heads_total, num_tiles,
+                         num_m_blocks, num_heads_total, num_tiles, window_left, window_right, softcap_scale,
                          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                         KV_STAGES: gl.constexpr, CAUSAL: gl.constexpr, SCHEDULER: gl.constexpr,
+                         KV_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
+                         SOFTCAP: gl.constexpr, SCHEDULER: gl.constexpr,
                          RESCALE_THRESHOLD: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                          PRODUCER_REGS: gl.constexpr, POLY_EIGHTHS: gl.constexpr):
     HALF_M: gl.constexpr = BLOCK_M // 2
@@ -436,16 +431,18 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, tile_counter, 
 
     gl.warp_specialize([
         (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale, seqlen_q,
-                     seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles, 0,
-                     BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES, CAUSAL, SCHEDULER, RESCALE_THRESHOLD,
-                     POLY_EIGHTHS)),
+                     seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles,
+                     window_left, window_right, softcap_scale, 0, BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES,
+                     LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS)),
         (_second_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale, seqlen_q,
                             seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section,
-                            num_tiles, BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES, CAUSAL, SCHEDULER,
+                            num_tiles, window_left, window_right, softcap_scale, BLOCK_M, BLOCK_N,
+                            HEAD_DIM, KV_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, SCHEDULER,
                             RESCALE_THRESHOLD, POLY_EIGHTHS)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
                      seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, group_size,
-                     heads_per_section, num_tiles, BLOCK_M, BLOCK_N, KV_STAGES, CAUSAL, SCHEDULER)),
+                     heads_per_section, num_tiles, window_left, window_right, BLOCK_M, BLOCK_N, KV_STAGES,
+                     LEFT_BOUNDED, RIGHT_BOUNDED, SCHEDULER)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -517,10 +514,12 @@ def sm90_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
 
 
 def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
-                 scheduler: str | None = None, config: Sm90FwdConfig | None = None,
-                 poly_eighths: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                 window: tuple[int, int] = (-1, -1), softcap: float = 0.0, scheduler: str | None = None,
+                 config: Sm90FwdConfig | None = None, poly_eighths: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention forward on Hopper. Returns (out (B, Sq, H, D), lse (B, H, Sq) float32, natural log).
 
+    window: (left, right) flash-attn sliding window, -1 unbounded (causal forces right = 0); key blocks
+    outside it are never loaded. softcap: scores become softcap * tanh(scores / softcap) when > 0.
     scheduler: "single" | "static" | "dynamic" (default: FLASH256_SCHEDULER, else "single");
     config: a tuning override of CONFIGS[head_dim];
     poly_eighths: eighths of each score tile whose exp2 runs as an FMA polynomial (flash256.ex2).
@@ -559,12 +558,15 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
         if q.device not in _UNUSED_COUNTER:
             _UNUSED_COUNTER[q.device] = torch.zeros(1, dtype=torch.int32, device=q.device)
         tile_counter = _UNUSED_COUNTER[q.device]
+    window_left, window_right, mask_flags = mask_arguments(seqlen_q, seqlen_k, causal, window)
+    qk_scale, softcap_scale = score_scales(softmax_scale, softcap)
     sm90_attn_fwd_kernel[(grid, )](
-        q_desc, k_desc, v_desc, o_desc, lse, tile_counter, softmax_scale * math.log2(math.e),
+        q_desc, k_desc, v_desc, o_desc, lse, tile_counter, qk_scale,
         seqlen_q, seqlen_k, nheads, group_size, _heads_per_section(seqlen_k, cfg, group_size),
-        num_m_blocks, num_heads_total, num_tiles,
+        num_m_blocks, num_heads_total, num_tiles, window_left, window_right, softcap_scale,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, KV_STAGES=cfg.kv_stages,
-        CAUSAL=bool(causal), SCHEDULER=_SCHEDULER_IDS[sched], RESCALE_THRESHOLD=cfg.rescale_threshold,
+        SOFTCAP=softcap > 0, SCHEDULER=_SCHEDULER_IDS[sched], RESCALE_THRESHOLD=cfg.rescale_threshold,
+        **mask_flags,
         CONSUMER_REGS=cfg.consumer_regs,
         PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths, num_warps=4,
         maxnreg=cfg.launch_maxnreg)
@@ -575,7 +577,8 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
 # Compiling without a GPU (for `python -m flash256.inspect` and resource checks)
 # --------------------------------------------------------------------------------------------------
 def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
-                 dtype: torch.dtype = torch.bfloat16, poly_eighths: int = 0):
+                 dtype: torch.dtype = torch.bfloat16, poly_eighths: int = 0, left_bounded: bool = False,
+                 softcap: bool = False):
     """triton.compile the kernel for sm_90a (GPUTarget('cuda', 90, 32)); needs no GPU."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -587,13 +590,15 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
 
     half_m = cfg.block_m // 2
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim,
-                      KV_STAGES=cfg.kv_stages, CAUSAL=bool(causal), SCHEDULER=_SCHEDULER_IDS[scheduler],
+                      KV_STAGES=cfg.kv_stages, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
+                      SOFTCAP=softcap, SCHEDULER=_SCHEDULER_IDS[scheduler],
                       RESCALE_THRESHOLD=cfg.rescale_threshold, CONSUMER_REGS=cfg.consumer_regs,
                       PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths)
     signature = dict(q_desc=desc_sig(half_m), k_desc=desc_sig(cfg.block_n), v_desc=desc_sig(cfg.block_n),
                      o_desc=desc_sig(half_m), lse_ptr="*fp32", tile_counter="*i32", qk_scale="fp32",
                      seqlen_q="i32", seqlen_k="i32", num_heads="i32", group_size="i32",
-                     heads_per_section="i32", num_m_blocks="i32", num_heads_total="i32", num_tiles="i32")
+                     heads_per_section="i32", num_m_blocks="i32", num_heads_total="i32", num_tiles="i32",
+                     window_left="i32", window_right="i32", softcap_scale="fp32")
     signature.update({name: "constexpr" for name in constexprs})
     # torch allocations are 16-byte aligned: the JIT marks such pointers divisible by 16, do the same
     aligned = {(list(signature).index(name), ): [["tt.divisibility", 16]]
@@ -616,11 +621,16 @@ def inspect_cases(arch: int = 90, schedulers: tuple[str, ...] = ("single", )):
     variants = [(cfg, causal, scheduler, 0) for cfg in CONFIGS.values()
                 for causal in (False, True) for scheduler in schedulers]
     variants += [(cfg, False, "single", eighths) for cfg in CONFIGS.values() for eighths in (2, 4)]
-    return [InspectCase("sm90_fwd", f"{cfg.describe()} causal={causal} scheduler={scheduler}"
-                        + (f" exp2_poly={eighths}/8" if eighths else ""),
-                        lambda cfg=cfg, causal=causal, scheduler=scheduler, eighths=eighths:
-                        compile_sm90(cfg, causal, scheduler, poly_eighths=eighths))
-            for cfg, causal, scheduler, eighths in variants]
+    cases = [InspectCase("sm90_fwd", f"{cfg.describe()} causal={causal} scheduler={scheduler}"
+                         + (f" exp2_poly={eighths}/8" if eighths else ""),
+                         lambda cfg=cfg, causal=causal, scheduler=scheduler, eighths=eighths:
+                         compile_sm90(cfg, causal, scheduler, poly_eighths=eighths))
+             for cfg, causal, scheduler, eighths in variants]
+    # Gemma-style layers: causal sliding window with a soft cap
+    cases += [InspectCase("sm90_fwd", f"{cfg.describe()} causal=True window=(L,0) softcap",
+                          lambda cfg=cfg: compile_sm90(cfg, True, left_bounded=True, softcap=True))
+              for cfg in CONFIGS.values()]
+    return cases
 
 
 def resource_usage(compiled) -> dict:
