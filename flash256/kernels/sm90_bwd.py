@@ -58,7 +58,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from .portable_bwd import attention_delta
 from .portable_fwd import score_scales
 from .sm90_masking import (key_blocks, mask_arguments, query_tiles, soft_cap, unmasked_key_blocks, visible_keys,
-                           visible_queries_t)
+                           visible_queries_t, window_offsets)
 from .sm90_fwd import _GL_DTYPES, _SIG_DTYPES, _tma_operand
 
 SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
@@ -561,8 +561,8 @@ def _dq_producer(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_sme
 
 
 @gluon.jit
-def _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, j, seqlen_q, seqlen_k, window_left,
-                      window_right, layout: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+def _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, j, seqlen_k, left_offset, right_offset,
+                      layout: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                       LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
                       MASKED: gl.constexpr):
     """P of key block j, times the soft cap's derivative (1 - tanh^2) when there is one: all dS needs.
@@ -571,8 +571,8 @@ def _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, j, seqlen_q, se
     t = soft_cap(s, softcap_scale, SOFTCAP)
     p = gl.exp2(t * qk_scale - lse2[:, None])
     if MASKED:
-        keep = visible_keys(m_start, j * BLOCK_N, seqlen_q, seqlen_k, window_left, window_right, layout, BLOCK_M,
-                            BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
+        keep = visible_keys(m_start, j * BLOCK_N, seqlen_k, left_offset, right_offset, layout, BLOCK_M, BLOCK_N,
+                            LEFT_BOUNDED, RIGHT_BOUNDED)
         p = gl.where(keep, p, 0.0)
     if SOFTCAP:
         p = p * (1.0 - t * t)
@@ -581,7 +581,7 @@ def _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, j, seqlen_q, se
 
 @gluon.jit
 def _dq_blocks(dq, ds_op, prev_k_stage, lo, start, end, q_smem, do_smem, k_smem, v_smem, bars, lse2, delta,
-               qk_scale, softcap_scale, m_start, seqlen_q, seqlen_k, window_left, window_right,
+               qk_scale, softcap_scale, m_start, seqlen_k, left_offset, right_offset,
                s_layout: gl.constexpr, op_layout: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
                RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, MASKED: gl.constexpr):
@@ -602,8 +602,8 @@ def _dq_blocks(dq, ds_op, prev_k_stage, lo, start, end, q_smem, do_smem, k_smem,
                            gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
         dq, ds_op, s = warpgroup_mma_wait(1, deps=(dq, ds_op, s))
         mbarrier.arrive(k_empty.index(prev_k_stage))
-        p = _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, j, seqlen_q, seqlen_k, window_left,
-                              window_right, s_layout, BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, MASKED)
+        p = _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, j, seqlen_k, left_offset, right_offset,
+                              s_layout, BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, MASKED)
         dp = warpgroup_mma_wait(0, deps=(dp, ))
         mbarrier.arrive(v_empty.index(v_stage))
         ds_op = gl.convert_layout((p * (dp - delta[:, None])).to(dtype), op_layout)
@@ -636,6 +636,7 @@ def _dq_consumer(q_smem, do_smem, k_smem, v_smem, dq_desc, bars, lse_ptr, delta_
     unmasked_lo, unmasked_hi = unmasked_key_blocks(m_start, BLOCK_M, seqlen_q, seqlen_k, window_left, window_right,
                                                    BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
 
+    left_offset, right_offset = window_offsets(seqlen_q, seqlen_k, window_left, window_right)
     lse2 = _row_stats(lse_ptr, h, b, m_block, seqlen_q, total_q, float("inf"), BLOCK_M, row_layout) * LOG2E
     delta = _row_stats(delta_ptr, h, b, m_block, seqlen_q, total_q, 0.0, BLOCK_M, row_layout)
     dq = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, acc_layout)
@@ -651,39 +652,34 @@ def _dq_consumer(q_smem, do_smem, k_smem, v_smem, dq_desc, bars, lse_ptr, delta_
         s, dp = warpgroup_mma_wait(0, deps=(s, dp))
         mbarrier.arrive(v_empty.index(0))
         if (lo < unmasked_lo) | (lo >= unmasked_hi):
-            p = _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, lo, seqlen_q, seqlen_k, window_left,
-                                  window_right, s_layout, BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP,
-                                  True)
+            p = _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, lo, seqlen_k, left_offset, right_offset,
+                                  s_layout,
+                                  BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, True)
         else:
-            p = _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, lo, seqlen_q, seqlen_k, window_left,
-                                  window_right, s_layout, BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP,
-                                  False)
+            p = _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, lo, seqlen_k, left_offset, right_offset,
+                                  s_layout,
+                                  BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, False)
         ds_op = gl.convert_layout((p * (dp - delta[:, None])).to(dtype), op_layout)
         # Masked blocks (window start), interior blocks without the mask, masked blocks (diagonal /
         # ragged end): three loops (a run-time branch inside one loop keeps both paths' values live and
         # spills at d=256).
-        interior_from = gl.minimum(gl.maximum(unmasked_lo, lo + 1), hi)
-        masked_from = gl.minimum(gl.maximum(unmasked_hi, interior_from), hi)
-        prev_k_stage = gl.to_tensor(0)
+        # Interior blocks need no mask: a loop without it, then one with it for the diagonal / ragged end
+        # (a run-time branch inside one loop keeps both paths' values live and spills at d=256). With a
+        # left window edge every block goes through the masked loop: a third loop for the edge blocks
+        # spills scalars inside all three at d=256.
+        masked_from = gl.minimum(gl.maximum(unmasked_hi, lo + 1), hi)
         if LEFT_BOUNDED:
-            dq, ds_op, prev_k_stage = _dq_blocks(dq, ds_op, prev_k_stage, lo, lo + 1, interior_from, q_smem,
-                                                 do_smem, k_smem, v_smem, bars, lse2, delta, qk_scale,
-                                                 softcap_scale, m_start, seqlen_q, seqlen_k, window_left,
-                                                 window_right, s_layout, op_layout, BLOCK_M, BLOCK_N, K_STAGES,
-                                                 V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, True)
-        else:
-            interior_from = lo + 1
-            masked_from = gl.maximum(gl.minimum(unmasked_hi, hi), interior_from)
-        dq, ds_op, prev_k_stage = _dq_blocks(dq, ds_op, prev_k_stage, lo, interior_from, masked_from, q_smem,
-                                             do_smem, k_smem, v_smem, bars, lse2, delta, qk_scale, softcap_scale,
-                                             m_start, seqlen_q, seqlen_k, window_left, window_right, s_layout,
-                                             op_layout, BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, LEFT_BOUNDED,
-                                             RIGHT_BOUNDED, SOFTCAP, False)
+            masked_from = lo + 1
+        prev_k_stage = gl.to_tensor(0)
+        dq, ds_op, prev_k_stage = _dq_blocks(dq, ds_op, prev_k_stage, lo, lo + 1, masked_from, q_smem, do_smem,
+                                             k_smem, v_smem, bars, lse2, delta, qk_scale, softcap_scale, m_start,
+                                             seqlen_k, left_offset, right_offset, s_layout, op_layout, BLOCK_M,
+                                             BLOCK_N, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP,
+                                             False)
         dq, ds_op, prev_k_stage = _dq_blocks(dq, ds_op, prev_k_stage, lo, masked_from, hi, q_smem, do_smem,
                                              k_smem, v_smem, bars, lse2, delta, qk_scale, softcap_scale, m_start,
-                                             seqlen_q, seqlen_k, window_left, window_right, s_layout, op_layout,
-                                             BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED,
-                                             SOFTCAP, True)
+                                             seqlen_k, left_offset, right_offset, s_layout, op_layout, BLOCK_M,
+                                             BLOCK_N, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, True)
         dq = warpgroup_mma(ds_op, k_smem.index(prev_k_stage), dq, is_async=True)
         dq, ds_op = warpgroup_mma_wait(0, deps=(dq, ds_op))
         mbarrier.arrive(k_empty.index(prev_k_stage))

@@ -45,7 +45,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ..ex2 import exp2_split_gl
 from .portable_fwd import score_scales
-from .sm90_masking import key_blocks, mask_arguments, soft_cap, unmasked_key_blocks, visible_keys
+from .sm90_masking import key_blocks, mask_arguments, soft_cap, unmasked_key_blocks, visible_keys, window_offsets
 
 SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
 REGISTERS_PER_SM = 65536
@@ -177,8 +177,9 @@ def _consumer_next_tile(tile, tile_iter, num_tiles, tile_slot, tile_ready, tile_
 def _apply_mask(s, row_start, col_start, seqlen_q, seqlen_k, window_left, window_right, s_layout: gl.constexpr,
                 HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
                 RIGHT_BOUNDED: gl.constexpr):
-    keep = visible_keys(row_start, col_start, seqlen_q, seqlen_k, window_left, window_right, s_layout, HALF_M,
-                        BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
+    left_offset, right_offset = window_offsets(seqlen_q, seqlen_k, window_left, window_right)
+    keep = visible_keys(row_start, col_start, seqlen_k, left_offset, right_offset, s_layout, HALF_M, BLOCK_N,
+                        LEFT_BOUNDED, RIGHT_BOUNDED)
     return gl.where(keep, s, -float("inf"))
 
 

@@ -51,21 +51,31 @@ def unmasked_key_blocks(row_start, num_rows, seqlen_q, seqlen_k, window_left, wi
 
 
 @gluon.jit
-def visible_keys(row_start, col_start, seqlen_q, seqlen_k, window_left, window_right, layout: gl.constexpr,
+def window_offsets(seqlen_q, seqlen_k, window_left, window_right):
+    """(left, right): query i sees keys [i + left, i + right) (before the seqlen_k bound)."""
+    diag = seqlen_k - seqlen_q
+    return diag - window_left, diag + window_right + 1
+
+
+@gluon.jit
+def visible_keys(row_start, col_start, seqlen_k, left_offset, right_offset, layout: gl.constexpr,
                  NUM_ROWS: gl.constexpr, BLOCK_N: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
                  RIGHT_BOUNDED: gl.constexpr):
-    """(NUM_ROWS, BLOCK_N) mask of a score tile: rows from row_start, keys from col_start. Per-row bounds
-    relative to the block compared with constant column offsets: cheaper than 2-D index arithmetic, and
-    no tile-invariant predicates for ptxas to keep live."""
-    diag = seqlen_k - seqlen_q
+    """(NUM_ROWS, BLOCK_N) mask of a score tile: rows from row_start, keys from col_start, offsets from
+    window_offsets. Per-row bounds relative to the block compared with constant column offsets: cheaper
+    than 2-D index arithmetic, and no tile-invariant predicates for ptxas to keep live."""
     rows = row_start + gl.arange(0, NUM_ROWS, gl.SliceLayout(1, layout))
     col_end = gl.full([NUM_ROWS], seqlen_k - col_start, gl.int32, gl.SliceLayout(1, layout))
     if RIGHT_BOUNDED:
-        col_end = gl.minimum(col_end, rows + (diag + window_right + 1 - col_start))
+        col_end = gl.minimum(col_end, rows + (right_offset - col_start))
     cols = gl.arange(0, BLOCK_N, gl.SliceLayout(0, layout))
-    keep = cols[None, :] < col_end[:, None]
     if LEFT_BOUNDED:
-        keep = keep & (cols[None, :] >= (rows + (diag - window_left - col_start))[:, None])
+        # begin <= c < end as one unsigned compare per element: (c - begin) < (end - begin)
+        col_begin = rows + (left_offset - col_start)
+        width = gl.maximum(col_end - col_begin, 0).to(gl.uint32, bitcast=True)
+        keep = (cols[None, :] - col_begin[:, None]).to(gl.uint32, bitcast=True) < width[:, None]
+    else:
+        keep = cols[None, :] < col_end[:, None]
     return keep
 
 
