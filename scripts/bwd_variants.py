@@ -1,13 +1,14 @@
-"""A/B timing of sm90 backward variants in one process (device call helper; variants are the
-temporary FLASH256_BWD_EXPERIMENT flags of flash256/kernels/sm90_bwd.py).
+"""A/B timing of sm90 backward dK/dV configuration variants in one process (device call helper).
 
-    python scripts/bwd_variants.py none prefetch prefetch,p16
+    python scripts/bwd_variants.py default rs_first=0 qdo_stages=1
+
+A variant is `default` or comma-separated `field=int` overrides of every Sm90BwdDkdvConfig.
 
 For each variant: a correctness check against the fp32 reference (d=256, GQA 2:1, seqlens 1000/1000,
 causal and not), then the median backward time at d=256 (8 heads, 32k tokens, seqlen 4k and 16k) and d=128
 (16 heads, 8k), causal and not, and cuDNN's in the same process. TFLOP/s = 2.5 x forward FLOPs / time.
 """
-import math
+import dataclasses
 import sys
 
 import torch
@@ -40,8 +41,12 @@ def check(causal):
 def main(variants):
     rows = []
     cases = [(256, c, s) for c in (False, True) for s in (4096, 16384)] + [(128, c, 8192) for c in (False, True)]
+    shipped = dict(sm90_bwd.DKDV_CONFIGS)
     for variant in variants:
-        sm90_bwd._EXPERIMENT = variant.split(",")
+        overrides = {} if variant == "default" else {
+            key: type(getattr(shipped[256], key))(int(value))
+            for key, value in (item.split("=") for item in variant.split(","))}
+        sm90_bwd.DKDV_CONFIGS.update({d: dataclasses.replace(cfg, **overrides) for d, cfg in shipped.items()})
         for causal in (False, True):
             ok, msg = check(causal)
             print(f"{variant} causal={causal}: {'ok' if ok else 'FAIL'} {msg}", flush=True)
@@ -68,4 +73,4 @@ def main(variants):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["none", "prefetch"])
+    main(sys.argv[1:] or ["default", "rs_first=0"])

@@ -39,7 +39,6 @@ fp32 with natural-log lse; dq/dk/dv in the input dtype.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +76,10 @@ class Sm90BwdDkdvConfig:
     head_dim: int
     qdo_stages: int  # depth of the Q/dO ring (one stage = a Q tile + a dO tile)
     p_buffers: int  # depth of the fp32 P^T exchange ring between the two warpgroups
+    # Issue the pending RS GEMM (dV / dK of the previous tile) before this tile's SS GEMM, so a Q/dO stage
+    # is freed ~3 GEMMs before the producer's next load is needed instead of ~1: pays with a 2-stage
+    # ring (d=256: +9..20% measured), costs ~1.5% with 4 stages (d=128), where loads are not late.
+    rs_first: bool = False
     block_n: int = WARPGROUP_ROWS
     block_m: int = 64
     consumer_regs: int = 240
@@ -201,7 +204,7 @@ class Sm90BwdDqConfig:
 
 # d=256 dK/dV: K + V 64 KB, 2 Q/dO stages x 64 KB, 2 P^T slots x 16 KB = 224 KB (+ 72 B barriers).
 # Registers: accumulator 128 + S^T 32 + operand 16 = 176 of 240.
-DKDV_D256 = Sm90BwdDkdvConfig(head_dim=256, qdo_stages=2, p_buffers=2)
+DKDV_D256 = Sm90BwdDkdvConfig(head_dim=256, qdo_stages=2, p_buffers=2, rs_first=True)
 # d=128: K + V 32 KB, 4 stages x 32 KB, 2 x 16 KB = 192 KB. Registers 64 + 32 + 16.
 DKDV_D128 = Sm90BwdDkdvConfig(head_dim=128, qdo_stages=4, p_buffers=2)
 # d=64: K + V 16 KB, 4 stages x 16 KB, 2 x 16 KB = 112 KB. Registers 32 + 32 + 16.
@@ -292,7 +295,7 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr,
                         seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
                         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                         STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
-                        RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, DV_FIRST: gl.constexpr):
+                        RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, RS_FIRST: gl.constexpr):
     """Warpgroup 0: S^T = K Q^T, P^T (shared with warpgroup 1), dV += P^T dO; stores dV."""
     kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
     dtype: gl.constexpr = k_smem.dtype
@@ -334,7 +337,7 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr,
             stage = t % STAGES
             lse2 = _row_stats(lse_ptr, head, b, m_block, seqlen_q, total_q, float("inf"), BLOCK_M,
                               col_layout) * LOG2E
-            if DV_FIRST:
+            if RS_FIRST:
                 dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
                 mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
                 s_t = warpgroup_mma(k_smem, q_smem.index(stage).permute((1, 0)),
@@ -385,7 +388,7 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr,
                       seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                       STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
-                      RIGHT_BOUNDED: gl.constexpr, DV_FIRST: gl.constexpr):
+                      RIGHT_BOUNDED: gl.constexpr, RS_FIRST: gl.constexpr):
     """Warpgroup 1: dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q; stores scale * dK."""
     kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
     dtype: gl.constexpr = v_smem.dtype
@@ -422,7 +425,7 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr,
             stage = t % STAGES
             delta = _row_stats(delta_ptr, head, b, m_block, seqlen_q, total_q, 0.0, BLOCK_M, col_layout)
             slot = t % P_BUFFERS
-            if DV_FIRST:
+            if RS_FIRST:
                 dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
                 mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
                 dp_t = warpgroup_mma(v_smem, do_smem.index(stage).permute((1, 0)),
@@ -470,7 +473,7 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
                               STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
                               RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
                               CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-                              DV_FIRST: gl.constexpr = True):
+                              RS_FIRST: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     qdo_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], dtype)
@@ -501,11 +504,11 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
         (_dkdv_probabilities, (k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr, qk_scale, softcap_scale,
                                seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
                                BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS, LEFT_BOUNDED, RIGHT_BOUNDED,
-                               SOFTCAP, DV_FIRST)),
+                               SOFTCAP, RS_FIRST)),
         (_dkdv_score_grads, (v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr, softmax_scale,
                              seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
                              BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS, LEFT_BOUNDED, RIGHT_BOUNDED,
-                             DV_FIRST)),
+                             RS_FIRST)),
         (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, bars,
                           seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
                           BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED)),
@@ -760,9 +763,6 @@ def sm90_bwd_supports(q: torch.Tensor, args) -> bool:
             and not (args.softcap > 0 and q.shape[1] == 1))
 
 
-_EXPERIMENT = os.environ.get("FLASH256_BWD_EXPERIMENT", "dvfirst").split(",")  # temporary A/B switch
-
-
 def sm90_backward(dout, q, k, v, out, lse, dlse, args):
     """Gradients (dq, dk, dv, None) of the forward's (out, lse); lse and dlse are (h, b*s_q) fp32."""
     batch, seqlen_q, nheads, head_dim = q.shape
@@ -789,8 +789,7 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
         total_q, window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, STAGES=cfg.qdo_stages,
         P_BUFFERS=cfg.p_buffers, SOFTCAP=args.softcap > 0, **mask_flags, CONSUMER_REGS=cfg.consumer_regs,
-        PRODUCER_REGS=cfg.producer_regs, DV_FIRST="dvfirst" in _EXPERIMENT, num_warps=4,
-        maxnreg=cfg.launch_maxnreg)
+        PRODUCER_REGS=cfg.producer_regs, RS_FIRST=cfg.rs_first, num_warps=4, maxnreg=cfg.launch_maxnreg)
 
     cfg = DQ_CONFIGS[head_dim]
     sm90_attn_bwd_dq_kernel[(triton.cdiv(seqlen_q, cfg.block_m), batch * nheads)](
@@ -827,7 +826,8 @@ def compile_dkdv(cfg: Sm90BwdDkdvConfig, causal: bool, dtype: torch.dtype = torc
                                  dv_desc=cfg.block_n), num_kv_heads="i32", **_SCALARS)
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, STAGES=cfg.qdo_stages,
                       P_BUFFERS=cfg.p_buffers, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
-                      SOFTCAP=softcap, CONSUMER_REGS=cfg.consumer_regs, PRODUCER_REGS=cfg.producer_regs)
+                      SOFTCAP=softcap, CONSUMER_REGS=cfg.consumer_regs, PRODUCER_REGS=cfg.producer_regs,
+                      RS_FIRST=cfg.rs_first)
     return compile_gluon(sm90_attn_bwd_dkdv_kernel, signature, constexprs, arch=arch, num_warps=4,
                          maxnreg=cfg.launch_maxnreg)
 
