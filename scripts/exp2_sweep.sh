@@ -26,7 +26,7 @@ done
 echo "ncu: $((SECONDS - start)) s"
 backends=flash256:exp2=0; for e in 1 2 3 4 5 6 7; do backends=$backends,flash256:exp2=$e; done
 python3 -m flash256.bench --fwd --headdim 64,128,256 --seqlen 1k,2k,4k,8k,16k,32k --causal both --check first \
-    --backend $backends,sdpa-cudnn --time-budget $((${DEADLINE_S:-570} - SECONDS)) --json "$OUT/exp2.json" \
+    --backend $backends,sdpa-cudnn --warmup 10 --rep 40 --time-budget $((${DEADLINE_S:-570} - SECONDS)) --json "$OUT/exp2.json" \
     --markdown "$OUT/exp2.md" --plot "$OUT/exp2.png" > "$OUT/exp2_bench.txt" 2>&1
 echo "total: $((SECONDS - start)) s"
 grep -A9 "TFLOP/s$" "$OUT/exp2.md" | grep "^|" | head -60
