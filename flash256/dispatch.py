@@ -48,26 +48,27 @@ def _portable_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
 
 
 def _sm90_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
-    """The Gluon forward covers plain, causal, sliding-window and soft-capped attention at head_dim
-    64/128/256 on sm_90 (sinks and varlen stay on the portable kernel).
+    """The Gluon forward covers plain, causal, sliding-window and soft-capped attention, with or without a
+    learnable sink, at head_dim 64/128/256 on sm_90 (varlen stays on the portable kernel).
 
     seqlen_q == 1 stays on the portable kernel: the Gluon kernel's LSE/output are wrong there
     (H100 GPU tests, 2026-11-25; NOTES.md), and a one-row query gains nothing from it.
     """
     return (q.device.type == "cuda" and not interpreting() and q.shape[1] > 1
             and torch.cuda.get_device_capability(q.device) == (9, 0)
-            and q.shape[-1] in sm90_fwd.CONFIGS and args.sink is None and args.cu_seqlens_q is None)
+            and q.shape[-1] in sm90_fwd.CONFIGS and args.cu_seqlens_q is None)
 
 
 def _sm90_bwd_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
     """The Gluon backward: plain, causal, sliding-window and soft-capped attention at head_dim
-    64/128/256 on sm_90, any seqlens. It is atomic-free, so deterministic=True costs nothing there."""
+    64/128/256 on sm_90, any seqlens, with or without a learnable sink. It is atomic-free, so
+    deterministic=True costs nothing there."""
     return not interpreting() and sm90_bwd.sm90_bwd_supports(q, args)
 
 
 def _sm90_forward(q, k, v, args):
     out, lse = sm90_fwd.sm90_forward(q, k, v, args.softmax_scale, args.causal, args.window, args.softcap,
-                                     poly_eighths=args.exp2_poly_eighths)
+                                     args.sink, poly_eighths=args.exp2_poly_eighths)
     return out, lse.transpose(0, 1).reshape(q.shape[2], -1)  # (b, h, s) -> the (h, rows) layout
 
 

@@ -28,31 +28,37 @@ NHEADS = 6
 KV_HEADS = (6, 3, 1)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COMBO_TIMEOUT_S = float(os.environ.get("COMBO_TIMEOUT_S", 150))
+DEVICE, EXPECTED = "cuda", "sm90"  # a CPU dry run of the script's own logic sets "cpu", "portable"
 
 
-def check_case(d, causal, dtype, sq, sk, hkv, with_dlse, window=(-1, -1), softcap=0.0):
+def check_case(d, causal, dtype, sq, sk, hkv, with_dlse, window=(-1, -1), softcap=0.0, with_sink=False):
     import flash256
     from flash256 import dispatch
+    from flash256.reference import attention_ref
     from flash256.testing import accuracy_check, reference_results
     torch.manual_seed(1000 * d + sq + 7 * sk + hkv)
     batch = 2 if sq * sk <= 1024 * 1024 else 1
-    q, k, v = (torch.randn(batch, s, h, d, device="cuda", dtype=dtype)
+    q, k, v = (torch.randn(batch, s, h, d, device=DEVICE, dtype=dtype)
                for s, h in ((sq, NHEADS), (sk, hkv), (sk, hkv)))
-    dout = torch.randn(batch, sq, NHEADS, d, device="cuda", dtype=dtype)
-    dlse = torch.randn(batch, NHEADS, sq, device="cuda") if with_dlse else None
+    dout = torch.randn(batch, sq, NHEADS, d, device=DEVICE, dtype=dtype)
+    dlse = torch.randn(batch, NHEADS, sq, device=DEVICE) if with_dlse else None
     if softcap:
         q = q * 3  # large scores, so the cap really bends them
-    args = dispatch.AttentionArgs(1 / math.sqrt(d), causal, window, softcap, None, None, None, sq, sk, False)
-    assert dispatch.select("backward", q, args).name == "sm90", "auto did not pick the sm90 backward"
+    sink = torch.randn(NHEADS, device=DEVICE) * 2 if with_sink else None
+    args = dispatch.AttentionArgs(1 / math.sqrt(d), causal, window, softcap, sink, None, None, sq, sk, False)
+    assert dispatch.select("backward", q, args).name == EXPECTED, "auto did not pick the sm90 backward"
     if sq > 1:
-        assert dispatch.select("forward", q, args).name == "sm90", "auto did not pick the sm90 forward"
+        assert dispatch.select("forward", q, args).name == EXPECTED, "auto did not pick the sm90 forward"
 
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    out, lse = flash256.attention(*leaves, causal=causal, window_size=window, softcap=softcap, return_lse=True)
+    sink_leaf = [sink.clone().requires_grad_()] if with_sink else []
+    out, lse = flash256.attention(*leaves, causal=causal, window_size=window, softcap=softcap, return_lse=True,
+                                  learnable_sink=sink_leaf[0] if with_sink else None)
     outputs, grad_outputs = ([out, lse], [dout, dlse]) if with_dlse else ([out], [dout])
-    grads = torch.autograd.grad(outputs, leaves, grad_outputs)
-    actual = dict(zip(("out", "dq", "dk", "dv"), (out.detach(), *grads)))
-    ref32, reflow = reference_results(q, k, v, dout, dlse, causal=causal, window_size=window, softcap=softcap)
+    grads = torch.autograd.grad(outputs, leaves + sink_leaf, grad_outputs)
+    actual = dict(zip(("out", "dq", "dk", "dv"), (out.detach(), *grads[:3])))
+    options = dict(causal=causal, window_size=window, softcap=softcap)
+    ref32, reflow = reference_results(q, k, v, dout, dlse, **options, **({"learnable_sink": sink} if with_sink else {}))
     ok, details = True, []
     for name, x in actual.items():
         if name == "dk" and sk == 1:
@@ -62,6 +68,14 @@ def check_case(d, causal, dtype, sq, sk, hkv, with_dlse, window=(-1, -1), softca
             good, message = accuracy_check(name, x, ref32[name], reflow[name])
         ok &= good
         details.append(message + ("" if good else " FAIL"))
+    if with_sink:  # no low-precision twin for the sink gradient: a relative bound, as in tests/test_features.py
+        ref_leaves = [t.clone().requires_grad_() for t in (q, k, v, sink)]
+        ref_out, _ = attention_ref(*ref_leaves[:3], learnable_sink=ref_leaves[3], upcast=True, **options)
+        ref_dsink = torch.autograd.grad(ref_out, ref_leaves[3], dout)[0]
+        err = (grads[3] - ref_dsink).abs().max().item()
+        good = err <= 1e-2 * ref_dsink.abs().max().item() + 1e-4
+        ok &= good
+        details.append(f"dsink: {err:.1e}" + ("" if good else " FAIL"))
     return ok, "; ".join(details)
 
 
@@ -82,21 +96,24 @@ def combo(d, causal, dtype_name):
     print(f"combo d={d} causal={int(causal)} {dtype_name}: {passed}/{len(SEQLENS)} passed", flush=True)
 
 
-# (causal, window, softcap): the model features the fast path covers, alone and combined
-FEATURES = ((False, (16, 0), 0.0), (False, (32, 8), 0.0), (True, (24, -1), 0.0), (False, (-1, 5), 0.0),
-            (True, (-1, -1), 5.0), (False, (-1, -1), 50.0), (True, (64, 0), 30.0), (True, (200, 0), 0.0))
+# (causal, window, softcap, sink): the model features the fast path covers, alone and combined
+FEATURES = ((False, (16, 0), 0.0, False), (False, (32, 8), 0.0, False), (True, (24, -1), 0.0, False),
+            (False, (-1, 5), 0.0, False), (True, (-1, -1), 5.0, False), (False, (-1, -1), 50.0, False),
+            (True, (64, 0), 30.0, False), (True, (200, 0), 0.0, False), (False, (-1, -1), 0.0, True),
+            (True, (-1, -1), 0.0, True), (True, (128, 0), 20.0, True))
 FEATURE_SEQLENS = ((113, 203), (255, 256), (1024, 1024), (300, 113), (777, 1500))
 
 
 def features(d, dtype_name):
-    """Window / softcap cases of one head dim through the public API (sm90 both ways)."""
+    """Window / softcap / sink cases of one head dim through the public API (sm90 both ways)."""
     dtype, passed, total = DTYPES[dtype_name], 0, 0
-    for fi, (causal, window, softcap) in enumerate(FEATURES):
+    for fi, (causal, window, softcap, with_sink) in enumerate(FEATURES):
         for si, (sq, sk) in enumerate(FEATURE_SEQLENS):
             hkv = KV_HEADS[(fi + si) % len(KV_HEADS)]
-            tag = f"d={d} {dtype_name} causal={int(causal)} window={window} softcap={softcap} sq={sq} sk={sk} hkv={hkv}"
+            tag = (f"d={d} {dtype_name} causal={int(causal)} window={window} softcap={softcap} sink={int(with_sink)} "
+                   f"sq={sq} sk={sk} hkv={hkv}")
             try:
-                ok, detail = check_case(d, causal, dtype, sq, sk, hkv, False, window, softcap)
+                ok, detail = check_case(d, causal, dtype, sq, sk, hkv, False, window, softcap, with_sink)
             except Exception:
                 ok, detail = False, "EXCEPTION " + traceback.format_exc(limit=4).replace("\n", " | ")[-700:]
             passed, total = passed + ok, total + 1

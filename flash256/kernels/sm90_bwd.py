@@ -754,12 +754,12 @@ def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 
 def sm90_bwd_supports(q: torch.Tensor, args) -> bool:
     """True when sm90_backward handles these inputs: plain, causal, sliding-window or soft-capped
-    attention on sm_90 at d 64/128/256 (sinks and varlen stay portable). A soft cap needs the forward's
+    attention, with or without a learnable sink, on sm_90 at d 64/128/256 (varlen stays portable). A soft cap needs the forward's
     P exactly: the sm90 forward (MUFU.TANH) runs every seqlen_q but 1, which stays portable in both
     directions."""
     return (q.is_cuda and torch.cuda.get_device_capability(q.device) == (9, 0)
             and q.dtype in _GL_DTYPES and q.dim() == 4 and q.shape[-1] in DKDV_CONFIGS
-            and q.stride(-1) == 1 and args.sink is None and args.cu_seqlens_q is None
+            and q.stride(-1) == 1 and args.cu_seqlens_q is None
             and not (args.softcap > 0 and q.shape[1] == 1))
 
 
@@ -800,7 +800,11 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, K_STAGES=cfg.k_stages,
         V_STAGES=cfg.v_stages, SOFTCAP=args.softcap > 0, **mask_flags, PRODUCER_REGS=cfg.producer_regs,
         num_warps=8, maxnreg=cfg.launch_maxnreg)
-    return dq, dk, dv, None
+    dsink = None
+    if args.sink is not None:
+        # the kernels need nothing else (the sink only changes lse); d sink_h = -sum_rows P_sink * delta
+        dsink = -(torch.exp(args.sink.float()[:, None] - lse) * delta).sum(1)
+    return dq, dk, dv, dsink
 
 
 # --------------------------------------------------------------------------------------------------

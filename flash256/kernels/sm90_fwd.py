@@ -243,12 +243,12 @@ def _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, KV_STAGES: gl.c
 
 
 @gluon.jit
-def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale,
+def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr, qk_scale,
               seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section,
               num_tiles, window_left, window_right, softcap_scale,
               WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
               KV_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
-              SOFTCAP: gl.constexpr, SCHEDULER: gl.constexpr,
+              SOFTCAP: gl.constexpr, HAS_SINK: gl.constexpr, SCHEDULER: gl.constexpr,
               RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr):
     q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty = bars
     HALF_M: gl.constexpr = BLOCK_M // 2
@@ -357,9 +357,19 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale
 
         # Epilogue: normalise, write lse, stage O in this warpgroup's (now dead) Q half and
         # TMA-store it (the store clips rows beyond seqlen_q); then the producer may reload Q.
-        l_o = gl.convert_layout(l_i, o_rows, assert_trivial=True)
-        o = o * gl.where(l_o > 0.0, 1.0 / l_o, 0.0)[:, None]
-        lse = gl.where(l_i > 0.0, (m_i * qk_scale + gl.log2(l_i)) * LN2, -float("inf"))
+        m_row = m_i * qk_scale  # the row max in base-2 units (-inf: the row saw no key)
+        if HAS_SINK:
+            # the sink's logit joins the denominator: rescale to max(row max, sink), add its term
+            sink2 = gl.load(sink_ptr + h).to(gl.float32) * 1.4426950408889634
+            m_eff = gl.maximum(m_row, sink2)
+            alpha = gl.exp2(m_row - m_eff)
+            l_i = l_i * alpha + gl.exp2(sink2 - m_eff)
+            o = o * gl.convert_layout(alpha / l_i, o_rows, assert_trivial=True)[:, None]
+            lse = (m_eff + gl.log2(l_i)) * LN2
+        else:
+            l_o = gl.convert_layout(l_i, o_rows, assert_trivial=True)
+            o = o * gl.where(l_o > 0.0, 1.0 / l_o, 0.0)[:, None]
+            lse = gl.where(l_i > 0.0, (m_row + gl.log2(l_i)) * LN2, -float("inf"))
         rows = row_start + gl.arange(0, HALF_M, s_rows)
         gl.store(lse_ptr + bh.to(gl.int64) * seqlen_q + rows, lse, mask=rows < seqlen_q)
         q_buf.store(o.to(dtype))
@@ -376,28 +386,28 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale
 # Worker partitions take no Python-int arguments (only IR values and constexprs passed through), so
 # warpgroup 1 gets its own entry point that fixes WG=1.
 @gluon.jit
-def _second_consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale,
+def _second_consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr, qk_scale,
                      seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section,
                      num_tiles, window_left, window_right, softcap_scale,
                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                      KV_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
-                     SOFTCAP: gl.constexpr, SCHEDULER: gl.constexpr,
+                     SOFTCAP: gl.constexpr, HAS_SINK: gl.constexpr, SCHEDULER: gl.constexpr,
                      RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr):
-    _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale, seqlen_q, seqlen_k,
+    _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr, qk_scale, seqlen_q, seqlen_k,
               num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles, window_left,
               window_right, softcap_scale, 1, BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES, LEFT_BOUNDED,
-              RIGHT_BOUNDED, SOFTCAP, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS)
+              RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS)
 
 
 # Sizes are not specialised (no recompiles for seqlen 1 or odd lengths); only the constexprs are.
 @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_heads", "group_size", "heads_per_section",
                               "num_m_blocks", "num_heads_total", "num_tiles", "window_left", "window_right"])
-def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, tile_counter, qk_scale,
+def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, sink_ptr, tile_counter, qk_scale,
                          seqlen_q, seqlen_k, num_heads, group_size, heads_per_section,
                          num_m_blocks, num_heads_total, num_tiles, window_left, window_right, softcap_scale,
                          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                          KV_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
-                         SOFTCAP: gl.constexpr, SCHEDULER: gl.constexpr,
+                         SOFTCAP: gl.constexpr, HAS_SINK: gl.constexpr, SCHEDULER: gl.constexpr,
                          RESCALE_THRESHOLD: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                          PRODUCER_REGS: gl.constexpr, POLY_EIGHTHS: gl.constexpr):
     HALF_M: gl.constexpr = BLOCK_M // 2
@@ -431,14 +441,14 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, tile_counter, 
     bars = (q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty)
 
     gl.warp_specialize([
-        (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale, seqlen_q,
+        (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr, qk_scale, seqlen_q,
                      seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles,
                      window_left, window_right, softcap_scale, 0, BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES,
-                     LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS)),
-        (_second_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, qk_scale, seqlen_q,
+                     LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS)),
+        (_second_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr, qk_scale, seqlen_q,
                             seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section,
                             num_tiles, window_left, window_right, softcap_scale, BLOCK_M, BLOCK_N,
-                            HEAD_DIM, KV_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, SCHEDULER,
+                            HEAD_DIM, KV_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
                             RESCALE_THRESHOLD, POLY_EIGHTHS)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
                      seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, group_size,
@@ -515,12 +525,14 @@ def sm90_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
 
 
 def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
-                 window: tuple[int, int] = (-1, -1), softcap: float = 0.0, scheduler: str | None = None,
+                 window: tuple[int, int] = (-1, -1), softcap: float = 0.0, sink: torch.Tensor | None = None,
+                 scheduler: str | None = None,
                  config: Sm90FwdConfig | None = None, poly_eighths: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention forward on Hopper. Returns (out (B, Sq, H, D), lse (B, H, Sq) float32, natural log).
 
     window: (left, right) flash-attn sliding window, -1 unbounded (causal forces right = 0); key blocks
     outside it are never loaded. softcap: scores become softcap * tanh(scores / softcap) when > 0.
+    sink: (H,) fp32 learnable sink logits (one extra term in every row's softmax denominator) or None.
     scheduler: "single" | "static" | "dynamic" (default: FLASH256_SCHEDULER, else "single");
     config: a tuning override of CONFIGS[head_dim];
     poly_eighths: eighths of each score tile whose exp2 runs as an FMA polynomial (flash256.ex2).
@@ -562,11 +574,13 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
     window_left, window_right, mask_flags = mask_arguments(seqlen_q, seqlen_k, causal, window)
     qk_scale, softcap_scale = score_scales(softmax_scale, softcap)
     sm90_attn_fwd_kernel[(grid, )](
-        q_desc, k_desc, v_desc, o_desc, lse, tile_counter, qk_scale,
+        q_desc, k_desc, v_desc, o_desc, lse, lse if sink is None else sink.float().contiguous(), tile_counter,
+        qk_scale,
         seqlen_q, seqlen_k, nheads, group_size, _heads_per_section(seqlen_k, cfg, group_size),
         num_m_blocks, num_heads_total, num_tiles, window_left, window_right, softcap_scale,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, KV_STAGES=cfg.kv_stages,
-        SOFTCAP=softcap > 0, SCHEDULER=_SCHEDULER_IDS[sched], RESCALE_THRESHOLD=cfg.rescale_threshold,
+        SOFTCAP=softcap > 0, HAS_SINK=sink is not None, SCHEDULER=_SCHEDULER_IDS[sched],
+        RESCALE_THRESHOLD=cfg.rescale_threshold,
         **mask_flags,
         CONSUMER_REGS=cfg.consumer_regs,
         PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths, num_warps=4,
@@ -579,7 +593,7 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
 # --------------------------------------------------------------------------------------------------
 def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
                  dtype: torch.dtype = torch.bfloat16, poly_eighths: int = 0, left_bounded: bool = False,
-                 softcap: bool = False):
+                 softcap: bool = False, sink: bool = False):
     """triton.compile the kernel for sm_90a (GPUTarget('cuda', 90, 32)); needs no GPU."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -592,18 +606,19 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
     half_m = cfg.block_m // 2
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim,
                       KV_STAGES=cfg.kv_stages, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
-                      SOFTCAP=softcap, SCHEDULER=_SCHEDULER_IDS[scheduler],
+                      SOFTCAP=softcap, HAS_SINK=sink, SCHEDULER=_SCHEDULER_IDS[scheduler],
                       RESCALE_THRESHOLD=cfg.rescale_threshold, CONSUMER_REGS=cfg.consumer_regs,
                       PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths)
     signature = dict(q_desc=desc_sig(half_m), k_desc=desc_sig(cfg.block_n), v_desc=desc_sig(cfg.block_n),
-                     o_desc=desc_sig(half_m), lse_ptr="*fp32", tile_counter="*i32", qk_scale="fp32",
+                     o_desc=desc_sig(half_m), lse_ptr="*fp32", sink_ptr="*fp32", tile_counter="*i32",
+                     qk_scale="fp32",
                      seqlen_q="i32", seqlen_k="i32", num_heads="i32", group_size="i32",
                      heads_per_section="i32", num_m_blocks="i32", num_heads_total="i32", num_tiles="i32",
                      window_left="i32", window_right="i32", softcap_scale="fp32")
     signature.update({name: "constexpr" for name in constexprs})
     # torch allocations are 16-byte aligned: the JIT marks such pointers divisible by 16, do the same
     aligned = {(list(signature).index(name), ): [["tt.divisibility", 16]]
-               for name in ("lse_ptr", "tile_counter")}
+               for name in ("lse_ptr", "sink_ptr", "tile_counter")}
     src = GluonASTSource(sm90_attn_fwd_kernel, signature, constexprs=constexprs, attrs=aligned)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": 4, "maxnreg": cfg.launch_maxnreg})
@@ -627,9 +642,12 @@ def inspect_cases(arch: int = 90, schedulers: tuple[str, ...] = ("single", )):
                          lambda cfg=cfg, causal=causal, scheduler=scheduler, eighths=eighths:
                          compile_sm90(cfg, causal, scheduler, poly_eighths=eighths))
              for cfg, causal, scheduler, eighths in variants]
-    # Gemma-style layers: causal sliding window with a soft cap
+    # Gemma-style layers: causal sliding window with a soft cap; gpt-oss-style: a window with a sink
     cases += [InspectCase("sm90_fwd", f"{cfg.describe()} causal=True window=(L,0) softcap",
                           lambda cfg=cfg: compile_sm90(cfg, True, left_bounded=True, softcap=True))
+              for cfg in CONFIGS.values()]
+    cases += [InspectCase("sm90_fwd", f"{cfg.describe()} causal=True window=(L,0) sink",
+                          lambda cfg=cfg: compile_sm90(cfg, True, left_bounded=True, sink=True))
               for cfg in CONFIGS.values()]
     return cases
 
