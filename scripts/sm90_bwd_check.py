@@ -104,6 +104,14 @@ FEATURES = ((False, (16, 0), 0.0, False), (False, (32, 8), 0.0, False), (True, (
 FEATURE_SEQLENS = ((113, 203), (255, 256), (1024, 1024), (300, 113), (777, 1500))
 
 
+def sinks_on_fast_path():
+    from flash256 import dispatch
+    q = torch.empty(1, 8, NHEADS, 256, device=DEVICE, dtype=torch.bfloat16)
+    args = dispatch.AttentionArgs(0.1, False, (-1, -1), 0.0, torch.zeros(NHEADS, device=DEVICE), None, None, 8, 8,
+                                  False)
+    return dispatch.select("forward", q, args).name == EXPECTED
+
+
 def features(d, dtype_name):
     """Window / softcap / sink cases of one head dim through the public API (sm90 both ways)."""
     dtype, passed, total = DTYPES[dtype_name], 0, 0
@@ -112,6 +120,9 @@ def features(d, dtype_name):
             hkv = KV_HEADS[(fi + si) % len(KV_HEADS)]
             tag = (f"d={d} {dtype_name} causal={int(causal)} window={window} softcap={softcap} sink={int(with_sink)} "
                    f"sq={sq} sk={sk} hkv={hkv}")
+            if with_sink and not sinks_on_fast_path():
+                print(f"skip {tag}: dispatch.py keeps sinks on the portable kernels", flush=True)
+                continue
             try:
                 ok, detail = check_case(d, causal, dtype, sq, sk, hkv, False, window, softcap, with_sink)
             except Exception:
