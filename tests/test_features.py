@@ -147,3 +147,17 @@ def test_exp2_emulation_bad_fraction(monkeypatch):
     monkeypatch.setenv("FLASH256_EXP2_POLY_FRACTION", "2")
     with pytest.raises(ValueError, match="FLASH256_EXP2_POLY_FRACTION"):
         flash256.flash_attn_func(q, k, v)
+
+
+@pytest.mark.parametrize("causal,window,expected", [
+    (False, (-1, -1), (False, False)), (True, (-1, -1), (False, True)), (False, (16, 0), (True, True)),
+    (True, (24, -1), (True, True)), (False, (-1, 5), (False, True)), (False, (7, -1), (True, False))])
+def test_sm90_mask_arguments(causal, window, expected):
+    """The Gluon kernels mask a window side only when its flag is on; causal forces right = 0; an
+    unbounded or huge side is clamped so the kernels' int32 index arithmetic cannot overflow."""
+    from flash256.kernels.sm90_masking import mask_arguments
+    left, right, flags = mask_arguments(100, 300, causal, window)
+    assert (flags["LEFT_BOUNDED"], flags["RIGHT_BOUNDED"]) == expected
+    assert right == (0 if causal else (window[1] if window[1] >= 0 else 401))
+    assert left == (window[0] if window[0] >= 0 else 401)
+    assert mask_arguments(100, 300, False, (2**31 - 1, 2**31 - 1))[:2] == (401, 401)
