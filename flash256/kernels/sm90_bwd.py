@@ -1,9 +1,10 @@
 """Hopper (sm_90a) attention backward in Gluon: atomic-free, deterministic, two kernels.
 
-Dispatched by default on sm_90 for d = 64/128/256 (plain and causal). First measured on an H200,
-2026-12-01 (BENCHMARKS.md): 84/84 correctness cases, bit-identical reruns, 1.04-1.20x cuDNN at d=256.
-Not yet in `python -m flash256.inspect`'s default list: the d=256 dQ kernel spills 4-32 B of scalars
-(NOTES.md, "sm90 Gluon backward").
+Dispatched by default on sm_90 for d = 64/128/256: plain, causal, sliding-window and soft-capped
+attention (learnable sinks: implemented, dispatched once run on a GPU; varlen: portable). Measured on
+an H200, 2026-12-01 (BENCHMARKS.md): 84/84 plain/causal and 160/160 window/softcap correctness cases,
+bit-identical reruns, 1.11-1.29x cuDNN at d=256 from 4k. Not yet in `python -m flash256.inspect`'s
+default list: the d=256 dQ kernel spills scalars (4-32 B; 76-100 B under a left window edge; NOTES.md).
 
 With S = Q K^T, P = exp(scale S - lse), dP = dO V^T, dS = P * (dP - delta) (delta = rowsum(dO O) - dLSE):
     dV = P^T dO,   dK = scale dS^T Q,   dQ = scale dS K.
@@ -27,9 +28,10 @@ in uniform registers.)
 S = Q K^T and dP = dO V^T (SS), dS in registers as the A operand of dQ += dS K (RS); the dQ GEMM of
 block j-1 runs while the warpgroup computes dS of block j.
 
-Causal (bottom-right: query i sees key j iff j <= i + Sk - Sq): tiles that see nothing are never
-loaded, only tiles crossing the diagonal are masked (P is masked after exp2, so rows with lse = -inf
-give 0, not NaN). Ragged ends need no mask: TMA zero-fills rows past a sequence end, lse of such
+Causal and sliding windows (bottom-right, sm90_masking.py: query i sees key j iff
+i + Sk - Sq - left <= j <= i + Sk - Sq + right): tiles that see nothing are never loaded, only tiles
+crossing a window edge are masked (P is masked after exp2, so rows with lse = -inf give 0, not NaN).
+A soft cap multiplies dS by (1 - tanh^2): warpgroup 0 sends P^T (1 - tanh^2) to warpgroup 1. Ragged ends need no mask: TMA zero-fills rows past a sequence end, lse of such
 query rows is loaded as +inf (P = 0), and keys past seqlen_k have K = V = 0 rows, which contribute
 nothing to dQ; their own dK/dV rows are clipped by the TMA store.
 

@@ -15,8 +15,10 @@ a TMA store, which clips rows beyond seqlen_q; TMA loads zero-fill beyond seqlen
 causal tiles, blocks that only the lower warpgroup can see are released unread by the upper one.
 
 Conventions: q (B, Sq, H, D), k/v (B, Sk, Hkv, D); out (B, Sq, H, D); lse (B, H, Sq) float32, natural
-log. Causal masking is bottom-right aligned: query i sees key j iff j <= i + Sk - Sq. Rows that see
-no key get out = 0 and lse = -inf.
+log. Causal masking and sliding windows are bottom-right aligned (sm90_masking.py): query i sees key j
+iff i + Sk - Sq - left <= j <= i + Sk - Sq + right (causal: right = 0); blocks outside the window are
+never loaded. A soft cap applies tanh to the scores (MUFU.TANH) before the softmax. Rows that see no key
+get out = 0 and lse = -inf.
 
 Tiles are handed out by a scheduler: "single" (one tile per CTA, grid = number of tiles), "static"
 (persistent grid of one CTA per SM, tile = pid + i * grid) or "dynamic" (persistent grid, the
