@@ -1,4 +1,4 @@
-"""Run one attention case a few times, for Nsight Compute (`scripts/gpu_probe.sh` wraps it).
+"""Run one attention case a few times, for Nsight Compute (`scripts/ncu_stalls.sh` wraps it).
 
     python scripts/ncu_probe.py fwd 256 16384 0 [exp2_eighths]
     python scripts/ncu_probe.py bwd 256 16384 1
