@@ -40,7 +40,6 @@ fp32 with natural-log lse; dq/dk/dv in the input dtype.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

@@ -12,7 +12,7 @@ warp-specialized partitions:
 
 O is staged through the consumer's own Q half of shared memory (Q is dead by then) and written with
 a TMA store, which clips rows beyond seqlen_q; TMA loads zero-fill beyond seqlen_q / seqlen_k. In
-causal tiles, blocks that only the lower warpgroup can see are released unread by the upper one.
+causal and windowed tiles, blocks that only the other warpgroup can see are released unread.
 
 Conventions: q (B, Sq, H, D), k/v (B, Sk, Hkv, D); out (B, Sq, H, D); lse (B, H, Sq) float32, natural
 log. Causal masking and sliding windows are bottom-right aligned (sm90_masking.py): query i sees key j
@@ -28,7 +28,6 @@ that concurrent CTAs share K/V in L2. Pick with the `scheduler` argument or FLAS
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -528,8 +527,8 @@ def sm90_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
 
 def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
                  window: tuple[int, int] = (-1, -1), softcap: float = 0.0, sink: torch.Tensor | None = None,
-                 scheduler: str | None = None,
-                 config: Sm90FwdConfig | None = None, poly_eighths: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                 scheduler: str | None = None, config: Sm90FwdConfig | None = None,
+                 poly_eighths: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention forward on Hopper. Returns (out (B, Sq, H, D), lse (B, H, Sq) float32, natural log).
 
     window: (left, right) flash-attn sliding window, -1 unbounded (causal forces right = 0); key blocks
@@ -575,18 +574,16 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
         tile_counter = _UNUSED_COUNTER[q.device]
     window_left, window_right, mask_flags = mask_arguments(seqlen_q, seqlen_k, causal, window)
     qk_scale, softcap_scale = score_scales(softmax_scale, softcap)
+    sink_ptr = lse if sink is None else sink.float().contiguous()  # never read without a sink
     sm90_attn_fwd_kernel[(grid, )](
-        q_desc, k_desc, v_desc, o_desc, lse, lse if sink is None else sink.float().contiguous(), tile_counter,
-        qk_scale,
+        q_desc, k_desc, v_desc, o_desc, lse, sink_ptr, tile_counter, qk_scale,
         seqlen_q, seqlen_k, nheads, group_size, _heads_per_section(seqlen_k, cfg, group_size),
         num_m_blocks, num_heads_total, num_tiles, window_left, window_right, softcap_scale,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, KV_STAGES=cfg.kv_stages,
         SOFTCAP=softcap > 0, HAS_SINK=sink is not None, SCHEDULER=_SCHEDULER_IDS[sched],
-        RESCALE_THRESHOLD=cfg.rescale_threshold,
-        **mask_flags,
-        CONSUMER_REGS=cfg.consumer_regs,
+        RESCALE_THRESHOLD=cfg.rescale_threshold, CONSUMER_REGS=cfg.consumer_regs,
         PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths, num_warps=4,
-        maxnreg=cfg.launch_maxnreg)
+        maxnreg=cfg.launch_maxnreg, **mask_flags)
     return out, lse
 
 
