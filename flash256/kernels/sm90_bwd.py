@@ -272,14 +272,16 @@ def _row_stats(ptr, head, b, m_block, seqlen_q, total_q, other: gl.constexpr,
 
 
 @gluon.jit
-def _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale, softcap_scale,
-                             seqlen_q, seqlen_k, window_left, window_right, layout: gl.constexpr,
-                             BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
-                             RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr):
-    """(P^T, P^T for dS^T) of one tile. With a soft cap the second carries the cap's derivative
-    (1 - tanh^2), so warpgroup 1's dS^T = P^T (dP^T - delta) needs no change."""
-    t = soft_cap(s_t, softcap_scale, SOFTCAP)
-    p_t = gl.exp2(t * qk_scale - lse2[None, :])
+def _share_probabilities(s_t, t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale, softcap_scale,
+                         seqlen_q, seqlen_k, window_left, window_right, p_smem, p_ready, p_empty,
+                         layout: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr,
+                         P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
+                         SOFTCAP: gl.constexpr):
+    """P^T of tile t, which warpgroup 0 keeps for dV; the P^T that dS^T needs goes to warpgroup 1 through
+    exchange slot t % P_BUFFERS. With a soft cap that one carries the cap's derivative (1 - tanh^2), so
+    warpgroup 1's dS^T = P^T (dP^T - delta) needs no change."""
+    t_cap = soft_cap(s_t, softcap_scale, SOFTCAP)
+    p_t = gl.exp2(t_cap * qk_scale - lse2[None, :])
     if LEFT_BOUNDED or RIGHT_BOUNDED:
         if (m_block < unmasked_lo) | (m_block >= unmasked_hi):
             keep = visible_queries_t(n_start, m_block * BLOCK_M, seqlen_q, seqlen_k, window_left, window_right,
@@ -287,8 +289,23 @@ def _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_
             p_t = gl.where(keep, p_t, 0.0)
     p_grad = p_t
     if SOFTCAP:
-        p_grad = p_t * (1.0 - t * t)
-    return p_t, p_grad
+        p_grad = p_t * (1.0 - t_cap * t_cap)
+    slot = t % P_BUFFERS
+    mbarrier.wait(p_empty.index(slot), ((t // P_BUFFERS) & 1) ^ 1)
+    p_smem.index(slot).store(p_grad)
+    mbarrier.arrive(p_ready.index(slot))
+    return p_t
+
+
+@gluon.jit
+def _received_score_grads(dp_t, delta, t, p_smem, p_ready, p_empty, layout: gl.constexpr,
+                          P_BUFFERS: gl.constexpr):
+    """dS^T = P^T (dP^T - delta) of tile t, P^T taken from warpgroup 0's exchange slot (arrives masked)."""
+    slot = t % P_BUFFERS
+    mbarrier.wait(p_ready.index(slot), (t // P_BUFFERS) & 1)
+    p_t = p_smem.index(slot).load(layout)
+    mbarrier.arrive(p_empty.index(slot))
+    return p_t * (dp_t - delta[None, :])
 
 
 @gluon.jit
@@ -324,16 +341,13 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr,
         s_t = warpgroup_mma(k_smem, q_smem.index(0).permute((1, 0)),
                             gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
         s_t = warpgroup_mma_wait(0, deps=(s_t, ))
-        p_t, p_grad = _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
-                                               softcap_scale, seqlen_q, seqlen_k, window_left, window_right,
-                                               st_layout, BLOCK_N, BLOCK_M, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
-        mbarrier.wait(p_empty.index(0), 1)
-        p_smem.index(0).store(p_grad)
-        mbarrier.arrive(p_ready.index(0))
+        p_t = _share_probabilities(s_t, 0, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale, softcap_scale,
+                                   seqlen_q, seqlen_k, window_left, window_right, p_smem, p_ready, p_empty,
+                                   st_layout, BLOCK_N, BLOCK_M, P_BUFFERS, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
         p_op = gl.convert_layout(p_t.to(dtype), op_layout)
         prev_stage = 0
         for t in range(1, n_tiles):
-            # Issue S^T of tile t, then dV += P^T dO of tile t-1: this tile's exp2 overlaps that GEMM.
+            # dV += P^T dO of tile t-1 and S^T of tile t in flight together (order: cfg.rs_first).
             head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
             stage = t % STAGES
             lse2 = _row_stats(lse_ptr, head, b, m_block, seqlen_q, total_q, float("inf"), BLOCK_M,
@@ -347,14 +361,10 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr,
                 dv, p_op = warpgroup_mma_wait(1, deps=(dv, p_op))
                 mbarrier.arrive(qdo_empty.index(prev_stage))
                 s_t = warpgroup_mma_wait(0, deps=(s_t, ))
-                p_t, p_grad = _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi,
-                                                       qk_scale, softcap_scale, seqlen_q, seqlen_k, window_left,
-                                                       window_right, st_layout, BLOCK_N, BLOCK_M, LEFT_BOUNDED,
-                                                       RIGHT_BOUNDED, SOFTCAP)
-                slot = t % P_BUFFERS
-                mbarrier.wait(p_empty.index(slot), ((t // P_BUFFERS) & 1) ^ 1)
-                p_smem.index(slot).store(p_grad)
-                mbarrier.arrive(p_ready.index(slot))
+                p_t = _share_probabilities(s_t, t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
+                                           softcap_scale, seqlen_q, seqlen_k, window_left, window_right, p_smem,
+                                           p_ready, p_empty, st_layout, BLOCK_N, BLOCK_M, P_BUFFERS, LEFT_BOUNDED,
+                                           RIGHT_BOUNDED, SOFTCAP)
             else:
                 mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
                 s_t = warpgroup_mma(k_smem, q_smem.index(stage).permute((1, 0)),
@@ -362,14 +372,10 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr,
                                     is_async=True)
                 dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
                 s_t = warpgroup_mma_wait(1, deps=(s_t, ))
-                p_t, p_grad = _dkdv_probabilities_tile(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi,
-                                                       qk_scale, softcap_scale, seqlen_q, seqlen_k, window_left,
-                                                       window_right, st_layout, BLOCK_N, BLOCK_M, LEFT_BOUNDED,
-                                                       RIGHT_BOUNDED, SOFTCAP)
-                slot = t % P_BUFFERS
-                mbarrier.wait(p_empty.index(slot), ((t // P_BUFFERS) & 1) ^ 1)
-                p_smem.index(slot).store(p_grad)
-                mbarrier.arrive(p_ready.index(slot))
+                p_t = _share_probabilities(s_t, t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
+                                           softcap_scale, seqlen_q, seqlen_k, window_left, window_right, p_smem,
+                                           p_ready, p_empty, st_layout, BLOCK_N, BLOCK_M, P_BUFFERS, LEFT_BOUNDED,
+                                           RIGHT_BOUNDED, SOFTCAP)
                 dv, p_op = warpgroup_mma_wait(0, deps=(dv, p_op))
                 mbarrier.arrive(qdo_empty.index(prev_stage))
             p_op = gl.convert_layout(p_t.to(dtype), op_layout)
@@ -416,16 +422,13 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr,
         dp_t = warpgroup_mma(v_smem, do_smem.index(0).permute((1, 0)),
                              gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
         dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
-        mbarrier.wait(p_ready.index(0), 0)
-        p_t = p_smem.index(0).load(st_layout)
-        mbarrier.arrive(p_empty.index(0))
-        ds_op = gl.convert_layout((p_t * (dp_t - delta[None, :])).to(dtype), op_layout)
+        ds_t = _received_score_grads(dp_t, delta, 0, p_smem, p_ready, p_empty, st_layout, P_BUFFERS)
+        ds_op = gl.convert_layout(ds_t.to(dtype), op_layout)
         prev_stage = 0
         for t in range(1, n_tiles):
             head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
             stage = t % STAGES
             delta = _row_stats(delta_ptr, head, b, m_block, seqlen_q, total_q, 0.0, BLOCK_M, col_layout)
-            slot = t % P_BUFFERS
             if RS_FIRST:
                 dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
                 mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
@@ -435,10 +438,7 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr,
                 dk, ds_op = warpgroup_mma_wait(1, deps=(dk, ds_op))
                 mbarrier.arrive(qdo_empty.index(prev_stage))
                 dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
-                mbarrier.wait(p_ready.index(slot), (t // P_BUFFERS) & 1)
-                p_t = p_smem.index(slot).load(st_layout)
-                mbarrier.arrive(p_empty.index(slot))
-                ds_t = p_t * (dp_t - delta[None, :])
+                ds_t = _received_score_grads(dp_t, delta, t, p_smem, p_ready, p_empty, st_layout, P_BUFFERS)
             else:
                 mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
                 dp_t = warpgroup_mma(v_smem, do_smem.index(stage).permute((1, 0)),
@@ -446,10 +446,7 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr,
                                      is_async=True)
                 dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
                 dp_t = warpgroup_mma_wait(1, deps=(dp_t, ))
-                mbarrier.wait(p_ready.index(slot), (t // P_BUFFERS) & 1)
-                p_t = p_smem.index(slot).load(st_layout)
-                mbarrier.arrive(p_empty.index(slot))
-                ds_t = p_t * (dp_t - delta[None, :])
+                ds_t = _received_score_grads(dp_t, delta, t, p_smem, p_ready, p_empty, st_layout, P_BUFFERS)
                 dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
                 mbarrier.arrive(qdo_empty.index(prev_stage))
             ds_op = gl.convert_layout(ds_t.to(dtype), op_layout)
