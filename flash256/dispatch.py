@@ -48,22 +48,21 @@ def _portable_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
 
 
 def _sm90_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
-    """The Gluon forward covers plain, causal, sliding-window and soft-capped attention at head_dim
-    64/128/256 on sm_90. Learnable sinks (implemented in both sm90 directions, not yet run on a GPU:
-    NOTES.md) and varlen stay on the portable kernel.
+    """The Gluon forward covers plain, causal, sliding-window, soft-capped attention and learnable
+    sinks at head_dim 64/128/256 on sm_90. Varlen stays on the portable kernel.
 
     seqlen_q == 1 stays on the portable kernel: the Gluon kernel's LSE/output are wrong there
     (H100 GPU tests, 2026-11-25; NOTES.md), and a one-row query gains nothing from it.
     """
     return (q.device.type == "cuda" and not interpreting() and q.shape[1] > 1
             and torch.cuda.get_device_capability(q.device) == (9, 0)
-            and q.shape[-1] in sm90_fwd.CONFIGS and args.sink is None and args.cu_seqlens_q is None)
+            and q.shape[-1] in sm90_fwd.CONFIGS and args.cu_seqlens_q is None)
 
 
 def _sm90_bwd_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
-    """The Gluon backward: plain, causal, sliding-window and soft-capped attention at head_dim
-    64/128/256 on sm_90, any seqlens. It is atomic-free, so deterministic=True costs nothing there."""
-    return not interpreting() and args.sink is None and sm90_bwd.sm90_bwd_supports(q, args)
+    """The Gluon backward: plain, causal, sliding-window, soft-capped attention and learnable sinks at
+    head_dim 64/128/256 on sm_90, any seqlens. It is atomic-free, so deterministic=True costs nothing there."""
+    return not interpreting() and sm90_bwd.sm90_bwd_supports(q, args)
 
 
 def _sm90_forward(q, k, v, args):

@@ -1,7 +1,7 @@
 """Hopper (sm_90a) attention backward in Gluon: atomic-free, deterministic, two kernels.
 
 Dispatched by default on sm_90 for d = 64/128/256: plain, causal, sliding-window and soft-capped
-attention (learnable sinks: implemented, dispatched once run on a GPU; varlen: portable). Measured on
+attention (learnable sinks too; varlen: portable). Measured on
 an H200, 2026-12-01 (BENCHMARKS.md): 84/84 plain/causal and 160/160 window/softcap correctness cases,
 bit-identical reruns, 1.11-1.29x cuDNN at d=256 from 4k. Not yet in `python -m flash256.inspect`'s
 default list: the d=256 dQ kernel spills scalars (4-32 B; 76-100 B under a left window edge; NOTES.md).
@@ -769,7 +769,8 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
     dk = torch.empty((batch, seqlen_k, nheads_kv, head_dim), dtype=k.dtype, device=k.device)
     dv = torch.empty((batch, seqlen_k, nheads_kv, head_dim), dtype=v.dtype, device=v.device)
     if dq.numel() == 0 or dk.numel() == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_(), None
+        dsink = None if args.sink is None else torch.zeros_like(args.sink, dtype=torch.float32)
+        return dq.zero_(), dk.zero_(), dv.zero_(), dsink
 
     delta = attention_delta(out, dout, dlse)
     lse = lse.float().contiguous()
