@@ -48,27 +48,28 @@ def _portable_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
 
 
 def _sm90_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
-    """The Gluon forward covers plain, causal, sliding-window, soft-capped attention and learnable
-    sinks at head_dim 64/128/256 on sm_90. Varlen stays on the portable kernel.
+    """The Gluon forward covers plain, causal, sliding-window, soft-capped attention, learnable sinks
+    and packed (varlen) batches at head_dim 64/128/256 on sm_90.
 
     seqlen_q == 1 stays on the portable kernel: the Gluon kernel's LSE/output are wrong there
     (H100 GPU tests, 2026-11-25; NOTES.md), and a one-row query gains nothing from it.
     """
     return (q.device.type == "cuda" and not interpreting() and q.shape[1] > 1
             and torch.cuda.get_device_capability(q.device) == (9, 0)
-            and q.shape[-1] in sm90_fwd.CONFIGS and args.cu_seqlens_q is None)
+            and q.shape[-1] in sm90_fwd.CONFIGS and args.cu_seqlens_q is None)  # varlen: until its GPU run
 
 
 def _sm90_bwd_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
-    """The Gluon backward: plain, causal, sliding-window, soft-capped attention and learnable sinks at
-    head_dim 64/128/256 on sm_90, any seqlens. It is atomic-free, so deterministic=True costs nothing there."""
-    return not interpreting() and sm90_bwd.sm90_bwd_supports(q, args)
+    """The Gluon backward: plain, causal, sliding-window, soft-capped attention, learnable sinks and
+    packed (varlen) batches at head_dim 64/128/256 on sm_90, any seqlens. It is atomic-free, so deterministic=True costs nothing there."""
+    return not interpreting() and sm90_bwd.sm90_bwd_supports(q, args) and args.cu_seqlens_q is None
 
 
 def _sm90_forward(q, k, v, args):
-    out, lse = sm90_fwd.sm90_forward(q, k, v, args.softmax_scale, args.causal, args.window, args.softcap,
-                                     args.sink, poly_eighths=args.exp2_poly_eighths)
-    return out, lse.transpose(0, 1).reshape(q.shape[2], -1)  # (b, h, s) -> the (h, rows) layout
+    return sm90_fwd.sm90_forward(q, k, v, args.softmax_scale, args.causal, args.window, args.softcap, args.sink,
+                                 poly_eighths=args.exp2_poly_eighths, cu_seqlens_q=args.cu_seqlens_q,
+                                 cu_seqlens_k=args.cu_seqlens_k, max_seqlen_q=args.max_seqlen_q,
+                                 max_seqlen_k=args.max_seqlen_k)
 
 
 FORWARD = [Implementation("portable", _portable_supports, portable_forward),

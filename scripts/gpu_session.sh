@@ -10,7 +10,7 @@ echo "correctness: $((SECONDS - start)) s"
 python3 -m pytest -q -n 8 tests/test_features.py tests/test_attention.py \
     -k "softcap or window or fast_path or deterministic" 2>&1 | tail -3 > "$OUT/pytest.txt"
 echo "pytest: $((SECONDS - start)) s"
-python3 scripts/bwd_variants.py ${VARIANTS:-default rs_first=0} > "$OUT/variants.txt" 2>&1
+python3 scripts/variants.py ${VARIANTS:-bwd:default bwd:rs_first=0} > "$OUT/variants.txt" 2>&1
 echo "variants: $((SECONDS - start)) s"
 python3 -m flash256.bench --fwd --bwd --seqlen 1k,2k,4k,8k,16k,32k --causal both --backend flash256,sdpa-cudnn \
     --check first --time-budget 170 --json "$OUT/bench.json" --markdown "$OUT/bench.md" > "$OUT/bench.txt" 2>&1

@@ -81,6 +81,7 @@ def correctness():
             else:
                 out, lse = sm90.sm90_forward(q, k, v, scale, causal, scheduler=sched)
             torch.cuda.synchronize()
+            lse = lse.reshape(h, b, sq).transpose(0, 1)  # (h, b*sq) -> (b, h, sq)
             ref, ref_lse = reference(q, k, v, scale, causal, torch.float32)
             low, _ = reference(q, k, v, scale, causal, dtype)
             err = (out.float() - ref).abs().max().item()

@@ -61,10 +61,9 @@ def test_combined_window_softcap_sink_gqa_causal():
 
 
 def _varlen_case(seqlens_q, seqlens_k, causal=False, window=(-1, -1), softcap=0.0, sink=False,
-                 head_dim=64, nheads=4, nheads_kv=2):
+                 head_dim=64, nheads=4, nheads_kv=2, dtype=torch.float16):
     """Varlen output and grads must equal running each sequence on its own (to rounding)."""
     torch.manual_seed(12)
-    dtype = torch.float16
     total_q, total_k = sum(seqlens_q), sum(seqlens_k)
     q = torch.randn(total_q, nheads, head_dim, device=DEVICE, dtype=dtype)
     k = torch.randn(total_k, nheads_kv, head_dim, device=DEVICE, dtype=dtype)
@@ -117,6 +116,23 @@ def test_varlen_combined():
 
 def test_varlen_sink():
     _varlen_case([40, 90, 12], [60, 90, 0], causal=True, sink=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal,window,softcap", [(False, (-1, -1), 0.0), (True, (-1, -1), 0.0),
+                                                  (True, (100, 0), 30.0), (False, (64, 33), 0.0)])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_gpu_varlen(head_dim, causal, window, softcap):
+    """Packed batches through auto dispatch (the Gluon kernels on Hopper): query and key tiles that run
+    into the next sequence, empty and one-row sequences, a sequence longer than the others."""
+    from flash256 import dispatch
+    if torch.cuda.get_device_capability() == (9, 0):
+        cu = torch.tensor([0, 8], device=DEVICE, dtype=torch.int32)
+        args = dispatch.AttentionArgs(0.1, causal, window, softcap, None, cu, cu, 8, 8, False)
+        q = torch.empty(1, 8, 4, head_dim, device=DEVICE, dtype=torch.bfloat16)
+        assert dispatch.select("forward", q, args).name == dispatch.select("backward", q, args).name == "sm90"
+    _varlen_case([1, 300, 0, 1000, 129, 64], [5, 517, 10, 1000, 0, 200], causal, window, softcap,
+                 head_dim=head_dim, dtype=torch.bfloat16)
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.5, 0.875])

@@ -1,7 +1,7 @@
 """Hopper (sm_90a) attention backward in Gluon: atomic-free, deterministic, two kernels.
 
 Dispatched by default on sm_90 for d = 64/128/256: plain, causal, sliding-window and soft-capped
-attention (learnable sinks too; varlen: portable). Measured on
+attention, learnable sinks and packed (varlen) batches (sm90_rows.py). Measured on
 an H200, 2026-12-01 (BENCHMARKS.md): 84/84 plain/causal and 160/160 window/softcap correctness cases,
 bit-identical reruns, 1.11-1.29x cuDNN at d=256 from 4k. Not yet in `python -m flash256.inspect`'s
 default list: the d=256 dQ kernel spills scalars (4-32 B; 76-100 B under a left window edge; NOTES.md).
@@ -47,7 +47,6 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
-    fence_async_shared,
     mbarrier,
     tma,
     warpgroup_mma,
@@ -60,6 +59,7 @@ from .portable_fwd import score_scales
 from .sm90_masking import (key_blocks, mask_arguments, query_tiles, soft_cap, unmasked_key_blocks, visible_keys,
                            visible_queries_t, window_offsets)
 from .sm90_fwd import _GL_DTYPES, _SIG_DTYPES, _tma_operand
+from .sm90_rows import clip_to_sequence, sequence_rows, store_tile
 
 SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
 REGISTERS_PER_SM = 65536
@@ -238,37 +238,41 @@ def _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size):
 
 
 @gluon.jit
-def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, bars,
-                   seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
+def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, bars, cu_seqlens_q,
+                   cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                   LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr):
+                   LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, VARLEN: gl.constexpr):
     kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
     n_start = gl.program_id(0) * BLOCK_N
     b = gl.program_id(1) // num_kv_heads
     kv_head = gl.program_id(1) - b * num_kv_heads
+    q_batch, q_first, q_len, _q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
+    k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
     mbarrier.expect(kv_ready, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(k_desc, [b, n_start, kv_head, 0], kv_ready, k_smem)
-    tma.async_copy_global_to_shared(v_desc, [b, n_start, kv_head, 0], kv_ready, v_smem)
-    m_first, n_m, _lo, _hi = query_tiles(n_start, seqlen_q, seqlen_k, window_left, window_right, BLOCK_M, BLOCK_N,
+    tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + n_start, kv_head, 0], kv_ready, k_smem)
+    tma.async_copy_global_to_shared(v_desc, [k_batch, k_first + n_start, kv_head, 0], kv_ready, v_smem)
+    m_first, n_m, _lo, _hi = query_tiles(n_start, q_len, k_len, window_left, window_right, BLOCK_M, BLOCK_N,
                                          LEFT_BOUNDED, RIGHT_BOUNDED)
+    _zero, n_m = clip_to_sequence(0, n_m, n_start, k_len, VARLEN)
     for t in range(group_size * n_m):
         head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
         stage = t % STAGES
         mbarrier.wait(qdo_empty.index(stage), ((t // STAGES) & 1) ^ 1)
         mbarrier.expect(qdo_ready.index(stage), q_desc.block_type.nbytes + do_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [b, m_block * BLOCK_M, head, 0], qdo_ready.index(stage),
-                                        q_smem.index(stage))
-        tma.async_copy_global_to_shared(do_desc, [b, m_block * BLOCK_M, head, 0], qdo_ready.index(stage),
-                                        do_smem.index(stage))
+        tma.async_copy_global_to_shared(q_desc, [q_batch, q_first + m_block * BLOCK_M, head, 0],
+                                        qdo_ready.index(stage), q_smem.index(stage))
+        tma.async_copy_global_to_shared(do_desc, [q_batch, q_first + m_block * BLOCK_M, head, 0],
+                                        qdo_ready.index(stage), do_smem.index(stage))
 
 
 @gluon.jit
-def _row_stats(ptr, head, b, m_block, seqlen_q, total_q, other: gl.constexpr,
+def _row_stats(ptr, head, q_flat, m_block, q_len, total_q, other: gl.constexpr,
                BLOCK_M: gl.constexpr, layout: gl.constexpr):
-    """lse or delta of one query tile, (H, B*Sq) fp32; rows past seqlen_q read `other`."""
+    """lse or delta of one query tile of the sequence starting at flattened row q_flat, (H, B*Sq) fp32;
+    rows past its length q_len read `other`."""
     rows = m_block * BLOCK_M + gl.arange(0, BLOCK_M, layout)
-    base = ptr + head.to(gl.int64) * total_q + b * seqlen_q
-    return gl.load(base + rows, mask=rows < seqlen_q, other=other)
+    base = ptr + head.to(gl.int64) * total_q + q_flat
+    return gl.load(base + rows, mask=rows < q_len, other=other)
 
 
 @gluon.jit
@@ -309,11 +313,13 @@ def _received_score_grads(dp_t, delta, t, p_smem, p_ready, p_empty, layout: gl.c
 
 
 @gluon.jit
-def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr, qk_scale, softcap_scale,
-                        seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
+def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, dv_ptr, bars, lse_ptr, cu_seqlens_q, cu_seqlens_k,
+                        qk_scale, softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
+                        window_left, window_right,
                         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                         STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
-                        RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, RS_FIRST: gl.constexpr):
+                        RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, RS_FIRST: gl.constexpr,
+                        VARLEN: gl.constexpr):
     """Warpgroup 0: S^T = K Q^T, P^T (shared with warpgroup 1), dV += P^T dO; stores dV."""
     kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
     dtype: gl.constexpr = k_smem.dtype
@@ -327,22 +333,25 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr,
     n_start = gl.program_id(0) * BLOCK_N
     b = gl.program_id(1) // num_kv_heads
     kv_head = gl.program_id(1) - b * num_kv_heads
-    m_first, n_m, unmasked_lo, unmasked_hi = query_tiles(n_start, seqlen_q, seqlen_k, window_left, window_right,
+    _q_batch, _q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
+    k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
+    m_first, n_m, unmasked_lo, unmasked_hi = query_tiles(n_start, q_len, k_len, window_left, window_right,
                                                          BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
+    _zero, n_m = clip_to_sequence(0, n_m, n_start, k_len, VARLEN)
     n_tiles = group_size * n_m
     dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
     mbarrier.wait(kv_ready, 0)
     if n_tiles > 0:
         # Tile 0: S^T and P^T only.
         head, m_block = _dkdv_tile_coords(0, m_first, n_m, kv_head, group_size)
-        lse2 = _row_stats(lse_ptr, head, b, m_block, seqlen_q, total_q, float("inf"), BLOCK_M,
+        lse2 = _row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q, float("inf"), BLOCK_M,
                           col_layout) * LOG2E
         mbarrier.wait(qdo_ready.index(0), 0)
         s_t = warpgroup_mma(k_smem, q_smem.index(0).permute((1, 0)),
                             gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
         s_t = warpgroup_mma_wait(0, deps=(s_t, ))
         p_t = _share_probabilities(s_t, 0, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale, softcap_scale,
-                                   seqlen_q, seqlen_k, window_left, window_right, p_smem, p_ready, p_empty,
+                                   q_len, k_len, window_left, window_right, p_smem, p_ready, p_empty,
                                    st_layout, BLOCK_N, BLOCK_M, P_BUFFERS, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
         p_op = gl.convert_layout(p_t.to(dtype), op_layout)
         prev_stage = 0
@@ -350,7 +359,7 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr,
             # dV += P^T dO of tile t-1 and S^T of tile t in flight together (order: cfg.rs_first).
             head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
             stage = t % STAGES
-            lse2 = _row_stats(lse_ptr, head, b, m_block, seqlen_q, total_q, float("inf"), BLOCK_M,
+            lse2 = _row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q, float("inf"), BLOCK_M,
                               col_layout) * LOG2E
             if RS_FIRST:
                 dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
@@ -362,7 +371,7 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr,
                 mbarrier.arrive(qdo_empty.index(prev_stage))
                 s_t = warpgroup_mma_wait(0, deps=(s_t, ))
                 p_t = _share_probabilities(s_t, t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
-                                           softcap_scale, seqlen_q, seqlen_k, window_left, window_right, p_smem,
+                                           softcap_scale, q_len, k_len, window_left, window_right, p_smem,
                                            p_ready, p_empty, st_layout, BLOCK_N, BLOCK_M, P_BUFFERS, LEFT_BOUNDED,
                                            RIGHT_BOUNDED, SOFTCAP)
             else:
@@ -373,7 +382,7 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr,
                 dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
                 s_t = warpgroup_mma_wait(1, deps=(s_t, ))
                 p_t = _share_probabilities(s_t, t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
-                                           softcap_scale, seqlen_q, seqlen_k, window_left, window_right, p_smem,
+                                           softcap_scale, q_len, k_len, window_left, window_right, p_smem,
                                            p_ready, p_empty, st_layout, BLOCK_N, BLOCK_M, P_BUFFERS, LEFT_BOUNDED,
                                            RIGHT_BOUNDED, SOFTCAP)
                 dv, p_op = warpgroup_mma_wait(0, deps=(dv, p_op))
@@ -383,19 +392,17 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr,
         dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
         dv, p_op = warpgroup_mma_wait(0, deps=(dv, p_op))
         mbarrier.arrive(qdo_empty.index(prev_stage))
-    # K is dead (only this warpgroup reads it): stage dV there; the store clips rows past seqlen_k.
-    k_smem.store(dv.to(dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(dv_desc, [b, n_start, kv_head, 0], k_smem)
-    tma.store_wait(0)
+    # K is dead (only this warpgroup reads it): stage dV there; rows past seqlen_k are not written.
+    store_tile(dv.to(dtype), k_smem, dv_desc, dv_ptr, num_kv_heads * HEAD_DIM, k_batch, k_first, n_start, kv_head,
+               k_len, BLOCK_N, HEAD_DIM, 4, VARLEN)
 
 
 @gluon.jit
-def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr, softmax_scale,
-                      seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
-                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, delta_ptr, cu_seqlens_q, cu_seqlens_k,
+                      softmax_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left,
+                      window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                       STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
-                      RIGHT_BOUNDED: gl.constexpr, RS_FIRST: gl.constexpr):
+                      RIGHT_BOUNDED: gl.constexpr, RS_FIRST: gl.constexpr, VARLEN: gl.constexpr):
     """Warpgroup 1: dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q; stores scale * dK."""
     kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
     dtype: gl.constexpr = v_smem.dtype
@@ -409,15 +416,18 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr,
     n_start = gl.program_id(0) * BLOCK_N
     b = gl.program_id(1) // num_kv_heads
     kv_head = gl.program_id(1) - b * num_kv_heads
-    m_first, n_m, _lo, _hi = query_tiles(n_start, seqlen_q, seqlen_k, window_left, window_right, BLOCK_M, BLOCK_N,
+    _q_batch, _q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
+    k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
+    m_first, n_m, _lo, _hi = query_tiles(n_start, q_len, k_len, window_left, window_right, BLOCK_M, BLOCK_N,
                                          LEFT_BOUNDED, RIGHT_BOUNDED)
+    _zero, n_m = clip_to_sequence(0, n_m, n_start, k_len, VARLEN)
     n_tiles = group_size * n_m
     dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
     mbarrier.wait(kv_ready, 0)
     if n_tiles > 0:
         # Tile 0: dP^T and dS^T only. P^T arrives masked from warpgroup 0, so dS^T needs no mask.
         head, m_block = _dkdv_tile_coords(0, m_first, n_m, kv_head, group_size)
-        delta = _row_stats(delta_ptr, head, b, m_block, seqlen_q, total_q, 0.0, BLOCK_M, col_layout)
+        delta = _row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0, BLOCK_M, col_layout)
         mbarrier.wait(qdo_ready.index(0), 0)
         dp_t = warpgroup_mma(v_smem, do_smem.index(0).permute((1, 0)),
                              gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
@@ -428,7 +438,7 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr,
         for t in range(1, n_tiles):
             head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
             stage = t % STAGES
-            delta = _row_stats(delta_ptr, head, b, m_block, seqlen_q, total_q, 0.0, BLOCK_M, col_layout)
+            delta = _row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0, BLOCK_M, col_layout)
             if RS_FIRST:
                 dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
                 mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
@@ -455,23 +465,21 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr,
         dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
         mbarrier.arrive(qdo_empty.index(prev_stage))
     # V is dead (only this warpgroup reads it): stage dK there.
-    v_smem.store((dk * softmax_scale).to(dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(dk_desc, [b, n_start, kv_head, 0], v_smem)
-    tma.store_wait(0)
+    store_tile((dk * softmax_scale).to(dtype), v_smem, dk_desc, dk_ptr, num_kv_heads * HEAD_DIM, k_batch, k_first,
+               n_start, kv_head, k_len, BLOCK_N, HEAD_DIM, 4, VARLEN)
 
 
 # Sizes are not specialised (no recompiles for seqlen 1 or odd lengths); only the constexprs are.
 @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_kv_heads", "group_size", "total_q", "window_left",
                               "window_right"])
-def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse_ptr, delta_ptr,
-                              softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_kv_heads,
-                              group_size, total_q, window_left, window_right,
+def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dk_ptr, dv_ptr, lse_ptr, delta_ptr,
+                              cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale, seqlen_q,
+                              seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
                               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                               STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
                               RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
                               CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-                              RS_FIRST: gl.constexpr):
+                              RS_FIRST: gl.constexpr, VARLEN: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     qdo_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], dtype)
@@ -499,17 +507,17 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
     bars = (kv_ready, qdo_ready, qdo_empty, p_ready, p_empty)
 
     gl.warp_specialize([
-        (_dkdv_probabilities, (k_smem, q_smem, do_smem, p_smem, dv_desc, bars, lse_ptr, qk_scale, softcap_scale,
-                               seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
-                               BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS, LEFT_BOUNDED, RIGHT_BOUNDED,
-                               SOFTCAP, RS_FIRST)),
-        (_dkdv_score_grads, (v_smem, q_smem, do_smem, p_smem, dk_desc, bars, delta_ptr, softmax_scale,
-                             seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
-                             BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS, LEFT_BOUNDED, RIGHT_BOUNDED,
-                             RS_FIRST)),
-        (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, bars,
-                          seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
-                          BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED)),
+        (_dkdv_probabilities, (k_smem, q_smem, do_smem, p_smem, dv_desc, dv_ptr, bars, lse_ptr, cu_seqlens_q,
+                               cu_seqlens_k, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size,
+                               total_q, window_left, window_right, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS,
+                               LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, RS_FIRST, VARLEN)),
+        (_dkdv_score_grads, (v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, delta_ptr, cu_seqlens_q,
+                             cu_seqlens_k, softmax_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
+                             window_left, window_right, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS,
+                             LEFT_BOUNDED, RIGHT_BOUNDED, RS_FIRST, VARLEN)),
+        (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, bars, cu_seqlens_q,
+                          cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
+                          BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -534,31 +542,35 @@ def _dq_m_block(REVERSE: gl.constexpr):
 
 
 @gluon.jit
-def _dq_producer(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, bars,
-                 seqlen_q, seqlen_k, num_heads, group_size, window_left, window_right,
+def _dq_producer(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, bars, cu_seqlens_q,
+                 cu_seqlens_k, seqlen_q, seqlen_k, num_heads, group_size, window_left, window_right,
                  BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, K_STAGES: gl.constexpr,
-                 V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr):
+                 V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
+                 VARLEN: gl.constexpr):
     q_ready, k_ready, k_empty, v_ready, v_empty = bars
     b, h = _dq_tile(num_heads)
     m_block = _dq_m_block(RIGHT_BOUNDED)
     kv_head = h // group_size
+    q_batch, q_first, q_len, _q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
+    k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
     mbarrier.expect(q_ready, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [b, m_block * BLOCK_M, h, 0], q_ready, q_smem)
-    tma.async_copy_global_to_shared(do_desc, [b, m_block * BLOCK_M, h, 0], q_ready, do_smem)
-    lo, hi = key_blocks(m_block * BLOCK_M, BLOCK_M, seqlen_q, seqlen_k, window_left, window_right, BLOCK_N,
+    tma.async_copy_global_to_shared(q_desc, [q_batch, q_first + m_block * BLOCK_M, h, 0], q_ready, q_smem)
+    tma.async_copy_global_to_shared(do_desc, [q_batch, q_first + m_block * BLOCK_M, h, 0], q_ready, do_smem)
+    lo, hi = key_blocks(m_block * BLOCK_M, BLOCK_M, q_len, k_len, window_left, window_right, BLOCK_N,
                         LEFT_BOUNDED, RIGHT_BOUNDED)
+    lo, hi = clip_to_sequence(lo, hi, m_block * BLOCK_M, q_len, VARLEN)
     for i in range(hi - lo):
         j = lo + i
         k_stage = i % K_STAGES
         mbarrier.wait(k_empty.index(k_stage), ((i // K_STAGES) & 1) ^ 1)
         mbarrier.expect(k_ready.index(k_stage), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [b, j * BLOCK_N, kv_head, 0], k_ready.index(k_stage),
-                                        k_smem.index(k_stage))
+        tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + j * BLOCK_N, kv_head, 0],
+                                        k_ready.index(k_stage), k_smem.index(k_stage))
         v_stage = i % V_STAGES
         mbarrier.wait(v_empty.index(v_stage), ((i // V_STAGES) & 1) ^ 1)
         mbarrier.expect(v_ready.index(v_stage), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [b, j * BLOCK_N, kv_head, 0], v_ready.index(v_stage),
-                                        v_smem.index(v_stage))
+        tma.async_copy_global_to_shared(v_desc, [k_batch, k_first + j * BLOCK_N, kv_head, 0],
+                                        v_ready.index(v_stage), v_smem.index(v_stage))
 
 
 @gluon.jit
@@ -613,11 +625,11 @@ def _dq_blocks(dq, ds_op, prev_k_stage, lo, start, end, q_smem, do_smem, k_smem,
 
 
 @gluon.jit
-def _dq_consumer(q_smem, do_smem, k_smem, v_smem, dq_desc, bars, lse_ptr, delta_ptr, qk_scale,
-                 softmax_scale, softcap_scale, seqlen_q, seqlen_k, num_heads, total_q, window_left, window_right,
-                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+def _dq_consumer(q_smem, do_smem, k_smem, v_smem, dq_desc, dq_ptr, bars, lse_ptr, delta_ptr, cu_seqlens_q,
+                 cu_seqlens_k, qk_scale, softmax_scale, softcap_scale, seqlen_q, seqlen_k, num_heads, total_q,
+                 window_left, window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                  K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
-                 RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr):
+                 RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, VARLEN: gl.constexpr):
     """Both consumer warpgroups in one 8-warp partition: warpgroup w computes rows [64 w, 64 w + 64)
     of every M = 128 wgmma (the layout splits it)."""
     q_ready, k_ready, k_empty, v_ready, v_empty = bars
@@ -632,14 +644,17 @@ def _dq_consumer(q_smem, do_smem, k_smem, v_smem, dq_desc, bars, lse_ptr, delta_
     b, h = _dq_tile(num_heads)
     m_block = _dq_m_block(RIGHT_BOUNDED)
     m_start = m_block * BLOCK_M
-    lo, hi = key_blocks(m_start, BLOCK_M, seqlen_q, seqlen_k, window_left, window_right, BLOCK_N, LEFT_BOUNDED,
+    q_batch, q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
+    _k_batch, _k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
+    lo, hi = key_blocks(m_start, BLOCK_M, q_len, k_len, window_left, window_right, BLOCK_N, LEFT_BOUNDED,
                         RIGHT_BOUNDED)
-    unmasked_lo, unmasked_hi = unmasked_key_blocks(m_start, BLOCK_M, seqlen_q, seqlen_k, window_left, window_right,
+    lo, hi = clip_to_sequence(lo, hi, m_start, q_len, VARLEN)
+    unmasked_lo, unmasked_hi = unmasked_key_blocks(m_start, BLOCK_M, q_len, k_len, window_left, window_right,
                                                    BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
 
-    left_offset, right_offset = window_offsets(seqlen_q, seqlen_k, window_left, window_right)
-    lse2 = _row_stats(lse_ptr, h, b, m_block, seqlen_q, total_q, float("inf"), BLOCK_M, row_layout) * LOG2E
-    delta = _row_stats(delta_ptr, h, b, m_block, seqlen_q, total_q, 0.0, BLOCK_M, row_layout)
+    left_offset, right_offset = window_offsets(q_len, k_len, window_left, window_right)
+    lse2 = _row_stats(lse_ptr, h, q_flat, m_block, q_len, total_q, float("inf"), BLOCK_M, row_layout) * LOG2E
+    delta = _row_stats(delta_ptr, h, q_flat, m_block, q_len, total_q, 0.0, BLOCK_M, row_layout)
     dq = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, acc_layout)
     mbarrier.wait(q_ready, 0)
     if hi > lo:
@@ -653,11 +668,11 @@ def _dq_consumer(q_smem, do_smem, k_smem, v_smem, dq_desc, bars, lse_ptr, delta_
         s, dp = warpgroup_mma_wait(0, deps=(s, dp))
         mbarrier.arrive(v_empty.index(0))
         if (lo < unmasked_lo) | (lo >= unmasked_hi):
-            p = _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, lo, seqlen_k, left_offset, right_offset,
+            p = _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, lo, k_len, left_offset, right_offset,
                                   s_layout,
                                   BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, True)
         else:
-            p = _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, lo, seqlen_k, left_offset, right_offset,
+            p = _dq_probabilities(s, lse2, qk_scale, softcap_scale, m_start, lo, k_len, left_offset, right_offset,
                                   s_layout,
                                   BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, False)
         ds_op = gl.convert_layout((p * (dp - delta[:, None])).to(dtype), op_layout)
@@ -674,31 +689,30 @@ def _dq_consumer(q_smem, do_smem, k_smem, v_smem, dq_desc, bars, lse_ptr, delta_
         prev_k_stage = gl.to_tensor(0)
         dq, ds_op, prev_k_stage = _dq_blocks(dq, ds_op, prev_k_stage, lo, lo + 1, masked_from, q_smem, do_smem,
                                              k_smem, v_smem, bars, lse2, delta, qk_scale, softcap_scale, m_start,
-                                             seqlen_k, left_offset, right_offset, s_layout, op_layout, BLOCK_M,
+                                             k_len, left_offset, right_offset, s_layout, op_layout, BLOCK_M,
                                              BLOCK_N, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP,
                                              False)
         dq, ds_op, prev_k_stage = _dq_blocks(dq, ds_op, prev_k_stage, lo, masked_from, hi, q_smem, do_smem,
                                              k_smem, v_smem, bars, lse2, delta, qk_scale, softcap_scale, m_start,
-                                             seqlen_k, left_offset, right_offset, s_layout, op_layout, BLOCK_M,
+                                             k_len, left_offset, right_offset, s_layout, op_layout, BLOCK_M,
                                              BLOCK_N, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, True)
         dq = warpgroup_mma(ds_op, k_smem.index(prev_k_stage), dq, is_async=True)
         dq, ds_op = warpgroup_mma_wait(0, deps=(dq, ds_op))
         mbarrier.arrive(k_empty.index(prev_k_stage))
-    # Q is dead: stage dQ there; the store clips rows past seqlen_q
-    q_smem.store((dq * softmax_scale).to(dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(dq_desc, [b, m_start, h, 0], q_smem)
-    tma.store_wait(0)
+    # Q is dead: stage dQ there; rows past seqlen_q are not written
+    store_tile((dq * softmax_scale).to(dtype), q_smem, dq_desc, dq_ptr, num_heads * HEAD_DIM, q_batch, q_first,
+               m_start, h, q_len, BLOCK_M, HEAD_DIM, 8, VARLEN)
 
 
 @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_heads", "group_size", "total_q", "window_left",
                               "window_right"])
-def sm90_attn_bwd_dq_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, lse_ptr, delta_ptr,
-                            softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_heads, group_size,
-                            total_q, window_left, window_right,
+def sm90_attn_bwd_dq_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dq_ptr, lse_ptr, delta_ptr, cu_seqlens_q,
+                            cu_seqlens_k, softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_heads,
+                            group_size, total_q, window_left, window_right,
                             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                             K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
-                            RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+                            RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+                            VARLEN: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], dtype)
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
@@ -722,13 +736,13 @@ def sm90_attn_bwd_dq_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, lse_ptr, d
     bars = (q_ready, k_ready, k_empty, v_ready, v_empty)
 
     gl.warp_specialize([
-        (_dq_consumer, (q_smem, do_smem, k_smem, v_smem, dq_desc, bars, lse_ptr, delta_ptr, qk_scale,
-                        softmax_scale, softcap_scale, seqlen_q, seqlen_k, num_heads, total_q, window_left,
-                        window_right, BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED,
-                        SOFTCAP)),
-        (_dq_producer, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, bars,
-                        seqlen_q, seqlen_k, num_heads, group_size, window_left, window_right,
-                        BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED)),
+        (_dq_consumer, (q_smem, do_smem, k_smem, v_smem, dq_desc, dq_ptr, bars, lse_ptr, delta_ptr, cu_seqlens_q,
+                        cu_seqlens_k, qk_scale, softmax_scale, softcap_scale, seqlen_q, seqlen_k, num_heads, total_q,
+                        window_left, window_right, BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED,
+                        RIGHT_BOUNDED, SOFTCAP, VARLEN)),
+        (_dq_producer, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, bars, cu_seqlens_q,
+                        cu_seqlens_k, seqlen_q, seqlen_k, num_heads, group_size, window_left, window_right,
+                        BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN)),
     ], [1], [PRODUCER_REGS])
 
 
@@ -750,21 +764,33 @@ def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
                             _smem_layout(head_dim, rows, _GL_DTYPES[t.dtype]))
 
 
+_PLACEHOLDERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _int_placeholder(device: torch.device) -> torch.Tensor:
+    if device not in _PLACEHOLDERS:
+        _PLACEHOLDERS[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _PLACEHOLDERS[device]
+
+
 def sm90_bwd_supports(q: torch.Tensor, args) -> bool:
     """True when sm90_backward handles these inputs: plain, causal, sliding-window or soft-capped
-    attention, with or without a learnable sink, on sm_90 at d 64/128/256 (varlen stays portable). A soft cap needs the forward's
-    P exactly: the sm90 forward (MUFU.TANH) runs every seqlen_q but 1, which stays portable in both
+    attention, with or without a learnable sink, packed or not, on sm_90 at d 64/128/256. A soft cap needs the
+    forward's P exactly: the sm90 forward (MUFU.TANH) runs every seqlen_q but 1, which stays portable in both
     directions."""
     return (q.is_cuda and torch.cuda.get_device_capability(q.device) == (9, 0)
             and q.dtype in _GL_DTYPES and q.dim() == 4 and q.shape[-1] in DKDV_CONFIGS
-            and q.stride(-1) == 1 and args.cu_seqlens_q is None
-            and not (args.softcap > 0 and q.shape[1] == 1))
+            and q.stride(-1) == 1 and not (args.softcap > 0 and q.shape[1] == 1))
 
 
 def sm90_backward(dout, q, k, v, out, lse, dlse, args):
-    """Gradients (dq, dk, dv, None) of the forward's (out, lse); lse and dlse are (h, b*s_q) fp32."""
+    """Gradients (dq, dk, dv, dsink) of the forward's (out, lse); lse and dlse are (h, b*s_q) fp32. Packed
+    (varlen) inputs are (1, total, h, d) with args.cu_seqlens_* and args.max_seqlen_*."""
     batch, seqlen_q, nheads, head_dim = q.shape
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    varlen = args.cu_seqlens_q is not None
+    num_seqs = args.cu_seqlens_q.numel() - 1 if varlen else batch
+    max_q, max_k = (args.max_seqlen_q, args.max_seqlen_k) if varlen else (seqlen_q, seqlen_k)
     dq = torch.empty((batch, seqlen_q, nheads, head_dim), dtype=q.dtype, device=q.device)
     dk = torch.empty((batch, seqlen_k, nheads_kv, head_dim), dtype=k.dtype, device=k.device)
     dv = torch.empty((batch, seqlen_k, nheads_kv, head_dim), dtype=v.dtype, device=v.device)
@@ -778,27 +804,30 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
     total_q = batch * seqlen_q
     group_size = nheads // nheads_kv
     qk_scale, softcap_scale = score_scales(args.softmax_scale, args.softcap)
-    window_left, window_right, mask_flags = mask_arguments(seqlen_q, seqlen_k, args.causal, args.window)
+    window_left, window_right, mask_flags = mask_arguments(max_q, max_k, args.causal, args.window)
+    # cu_seqlens are read only when VARLEN; any int32 pointer fills their place otherwise
+    cu_q, cu_k = (args.cu_seqlens_q, args.cu_seqlens_k) if varlen else (_int_placeholder(q.device), ) * 2
 
     cfg = DKDV_CONFIGS[head_dim]
-    sm90_attn_bwd_dkdv_kernel[(triton.cdiv(seqlen_k, cfg.block_n), batch * nheads_kv)](
+    sm90_attn_bwd_dkdv_kernel[(triton.cdiv(max_k, cfg.block_n), num_seqs * nheads_kv)](
         _descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n),
-        _descriptor(dout, cfg.block_m), _descriptor(dk, cfg.block_n), _descriptor(dv, cfg.block_n),
-        lse, delta, args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads_kv, group_size,
-        total_q, window_left, window_right,
+        _descriptor(dout, cfg.block_m), _descriptor(dk, cfg.block_n), _descriptor(dv, cfg.block_n), dk, dv,
+        lse, delta, cu_q, cu_k, args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads_kv,
+        group_size, total_q, window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, STAGES=cfg.qdo_stages,
         P_BUFFERS=cfg.p_buffers, SOFTCAP=args.softcap > 0, **mask_flags, CONSUMER_REGS=cfg.consumer_regs,
-        PRODUCER_REGS=cfg.producer_regs, RS_FIRST=cfg.rs_first, num_warps=4, maxnreg=cfg.launch_maxnreg)
+        PRODUCER_REGS=cfg.producer_regs, RS_FIRST=cfg.rs_first, VARLEN=varlen, num_warps=4,
+        maxnreg=cfg.launch_maxnreg)
 
     cfg = DQ_CONFIGS[head_dim]
-    sm90_attn_bwd_dq_kernel[(triton.cdiv(seqlen_q, cfg.block_m), batch * nheads)](
+    sm90_attn_bwd_dq_kernel[(triton.cdiv(max_q, cfg.block_m), num_seqs * nheads)](
         _descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n),
-        _descriptor(dout, cfg.block_m), _descriptor(dq, cfg.block_m), lse, delta,
+        _descriptor(dout, cfg.block_m), _descriptor(dq, cfg.block_m), dq, lse, delta, cu_q, cu_k,
         args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads, group_size, total_q,
         window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, K_STAGES=cfg.k_stages,
         V_STAGES=cfg.v_stages, SOFTCAP=args.softcap > 0, **mask_flags, PRODUCER_REGS=cfg.producer_regs,
-        num_warps=8, maxnreg=cfg.launch_maxnreg)
+        VARLEN=varlen, num_warps=8, maxnreg=cfg.launch_maxnreg)
     dsink = None
     if args.sink is not None:
         # the kernels need nothing else (the sink only changes lse); d sink_h = -sum_rows P_sink * delta
@@ -809,7 +838,8 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
 # --------------------------------------------------------------------------------------------------
 # Compiling without a GPU (for `python -m flash256.inspect --kernel sm90_bwd`)
 # --------------------------------------------------------------------------------------------------
-_SCALARS = dict(lse_ptr="*fp32", delta_ptr="*fp32", softmax_scale="fp32", qk_scale="fp32", softcap_scale="fp32",
+_SCALARS = dict(lse_ptr="*fp32", delta_ptr="*fp32", cu_seqlens_q="*i32", cu_seqlens_k="*i32",
+                softmax_scale="fp32", qk_scale="fp32", softcap_scale="fp32",
                 seqlen_q="i32", seqlen_k="i32", group_size="i32", total_q="i32", window_left="i32",
                 window_right="i32")
 
@@ -822,28 +852,30 @@ def _desc_types(dtype: torch.dtype, head_dim: int, **rows_by_name) -> dict:
 
 
 def compile_dkdv(cfg: Sm90BwdDkdvConfig, causal: bool, dtype: torch.dtype = torch.bfloat16, arch: int = 90,
-                 left_bounded: bool = False, softcap: bool = False):
+                 left_bounded: bool = False, softcap: bool = False, varlen: bool = False):
     from .compile_target import compile_gluon
+    out_ptr = f"*{_SIG_DTYPES[dtype]}"
     signature = dict(_desc_types(dtype, cfg.head_dim, q_desc=cfg.block_m, k_desc=cfg.block_n,
                                  v_desc=cfg.block_n, do_desc=cfg.block_m, dk_desc=cfg.block_n,
-                                 dv_desc=cfg.block_n), num_kv_heads="i32", **_SCALARS)
+                                 dv_desc=cfg.block_n), dk_ptr=out_ptr, dv_ptr=out_ptr, num_kv_heads="i32",
+                     **_SCALARS)
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, STAGES=cfg.qdo_stages,
                       P_BUFFERS=cfg.p_buffers, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
                       SOFTCAP=softcap, CONSUMER_REGS=cfg.consumer_regs, PRODUCER_REGS=cfg.producer_regs,
-                      RS_FIRST=cfg.rs_first)
+                      RS_FIRST=cfg.rs_first, VARLEN=varlen)
     return compile_gluon(sm90_attn_bwd_dkdv_kernel, signature, constexprs, arch=arch, num_warps=4,
                          maxnreg=cfg.launch_maxnreg)
 
 
 def compile_dq(cfg: Sm90BwdDqConfig, causal: bool, dtype: torch.dtype = torch.bfloat16, arch: int = 90,
-               left_bounded: bool = False, softcap: bool = False):
+               left_bounded: bool = False, softcap: bool = False, varlen: bool = False):
     from .compile_target import compile_gluon
     signature = dict(_desc_types(dtype, cfg.head_dim, q_desc=cfg.block_m, k_desc=cfg.block_n,
                                  v_desc=cfg.block_n, do_desc=cfg.block_m, dq_desc=cfg.block_m),
-                     num_heads="i32", **_SCALARS)
+                     dq_ptr=f"*{_SIG_DTYPES[dtype]}", num_heads="i32", **_SCALARS)
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, K_STAGES=cfg.k_stages,
                       V_STAGES=cfg.v_stages, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
-                      SOFTCAP=softcap, PRODUCER_REGS=cfg.producer_regs)
+                      SOFTCAP=softcap, PRODUCER_REGS=cfg.producer_regs, VARLEN=varlen)
     return compile_gluon(sm90_attn_bwd_dq_kernel, signature, constexprs, arch=arch, num_warps=8,
                          maxnreg=cfg.launch_maxnreg)
 

@@ -14,7 +14,7 @@ O is staged through the consumer's own Q half of shared memory (Q is dead by the
 a TMA store, which clips rows beyond seqlen_q; TMA loads zero-fill beyond seqlen_q / seqlen_k. In
 causal and windowed tiles, blocks that only the other warpgroup can see are released unread.
 
-Conventions: q (B, Sq, H, D), k/v (B, Sk, Hkv, D); out (B, Sq, H, D); lse (B, H, Sq) float32, natural
+Conventions: q (B, Sq, H, D), k/v (B, Sk, Hkv, D); out (B, Sq, H, D); lse (H, B*Sq) float32, natural
 log. Causal masking and sliding windows are bottom-right aligned (sm90_masking.py): query i sees key j
 iff i + Sk - Sq - left <= j <= i + Sk - Sq + right (causal: right = 0); blocks outside the window are
 never loaded. A soft cap applies tanh to the scores (MUFU.TANH) before the softmax. Rows that see no key
@@ -36,7 +36,6 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
-    fence_async_shared,
     mbarrier,
     tma,
     warpgroup_mma,
@@ -47,6 +46,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from ..ex2 import exp2_split_gl
 from .portable_fwd import score_scales
 from .sm90_masking import key_blocks, mask_arguments, soft_cap, unmasked_key_blocks, visible_keys, window_offsets
+from .sm90_rows import clip_to_sequence, sequence_rows, store_tile
 
 SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
 REGISTERS_PER_SM = 65536
@@ -66,6 +66,10 @@ class Sm90FwdConfig:
     # Lazy O rescale: keep a row max that is stale by up to this many log2 units (P <= 2^t) and
     # rescale O only when some row of the warpgroup grew by more; 0 = rescale every block.
     rescale_threshold: float = 0.0
+    # Head-dim columns of each warpgroup's Q held in registers as the A operand of QK^T (an RS wgmma
+    # over those columns, SS over the rest): an SS m64n64k16 wgmma reads 2 KB of Q and 2 KB of K from
+    # shared memory per 32 tensor-core clocks, which with the K/V TMA writes is about the SM's 128 B/clk.
+    q_reg_cols: int = 0
     consumer_regs: int = 240  # setmaxnreg for each consumer warpgroup
     producer_regs: int = 24  # setmaxnreg for the producer warp (rounded up to a warpgroup)
     elem_bytes: int = 2  # fp16 / bf16
@@ -102,6 +106,10 @@ class Sm90FwdConfig:
         return self.regs_s // 2
 
     @property
+    def regs_q(self) -> int:  # 16-bit Q packed two per register
+        return WARPGROUP_ROWS * self.q_reg_cols // 256
+
+    @property
     def register_budget(self) -> int:
         # 12 warps (2 consumer warpgroups + the producer's warpgroup); setmaxnreg per warpgroup
         return 128 * (2 * self.consumer_regs + self.producer_regs)
@@ -113,11 +121,13 @@ class Sm90FwdConfig:
 
     def describe(self) -> str:
         return (f"d{self.head_dim}_m{self.block_m}_n{self.block_n}_s{self.kv_stages}"
-                f"_r{self.rescale_threshold:g} "
-                f"smem={self.smem_total}B (Q {self.smem_q} + KV {self.smem_kv}) "
-                f"regs/thread O={self.regs_o} S={self.regs_s} P={self.regs_p}")
+                f"_r{self.rescale_threshold:g}" + (f"_qr{self.q_reg_cols}" if self.q_reg_cols else "") +
+                f" smem={self.smem_total}B (Q {self.smem_q} + KV {self.smem_kv}) "
+                f"regs/thread O={self.regs_o} S={self.regs_s} P={self.regs_p}" +
+                (f" Q={self.regs_q}" if self.q_reg_cols else ""))
 
     def check(self) -> None:
+        assert self.q_reg_cols in (0, 64, 128, 256) and self.q_reg_cols <= self.head_dim, self.describe()
         assert self.smem_total <= SMEM_LIMIT_BYTES, self.describe()
         assert self.register_budget <= REGISTERS_PER_SM, self.describe()
 
@@ -185,11 +195,28 @@ def _apply_mask(s, row_start, col_start, seqlen_q, seqlen_k, window_left, window
 
 
 @gluon.jit
+def _scores(q_buf, q_op, k_buf, s_layout: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr,
+            HEAD_DIM: gl.constexpr, Q_REG_COLS: gl.constexpr):
+    """Issue S = Q K^T (async): Q's first Q_REG_COLS columns from registers (q_op), the rest from shared memory."""
+    zero = gl.zeros([HALF_M, BLOCK_N], gl.float32, s_layout)
+    if Q_REG_COLS == 0:
+        s = warpgroup_mma(q_buf, k_buf.permute((1, 0)), zero, use_acc=False, is_async=True)
+    else:
+        s = warpgroup_mma(q_op, k_buf.slice(0, Q_REG_COLS, dim=1).permute((1, 0)), zero, use_acc=False,
+                          is_async=True)
+        for c in gl.static_range(1, HEAD_DIM // Q_REG_COLS):  # the rest in Q_REG_COLS-wide pieces
+            s = warpgroup_mma(q_buf.slice(c * Q_REG_COLS, Q_REG_COLS, dim=1),
+                              k_buf.slice(c * Q_REG_COLS, Q_REG_COLS, dim=1).permute((1, 0)), s, is_async=True)
+    return s
+
+
+@gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
-              seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, group_size,
-              heads_per_section, num_tiles, window_left, window_right,
+              cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total,
+              group_size, heads_per_section, num_tiles, window_left, window_right,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, KV_STAGES: gl.constexpr,
-              LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SCHEDULER: gl.constexpr):
+              LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SCHEDULER: gl.constexpr,
+              VARLEN: gl.constexpr):
     q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty = bars
     HALF_M: gl.constexpr = BLOCK_M // 2
     kv_iter = 0
@@ -200,25 +227,28 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, t
         b = bh // num_heads
         h = bh - b * num_heads
         kv_h = h // group_size
+        q_batch, q_first, q_len, _q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
+        k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
         m_start = m_block * BLOCK_M
         for w in gl.static_range(2):
             mbarrier.wait(q_empty.index(w), (tile_iter & 1) ^ 1)
             mbarrier.expect(q_ready.index(w), q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [b, m_start + w * HALF_M, h, 0], q_ready.index(w),
-                                            q_smem.index(w))
-        lo, hi = key_blocks(m_start, BLOCK_M, seqlen_q, seqlen_k, window_left, window_right, BLOCK_N,
+            tma.async_copy_global_to_shared(q_desc, [q_batch, q_first + m_start + w * HALF_M, h, 0],
+                                            q_ready.index(w), q_smem.index(w))
+        lo, hi = key_blocks(m_start, BLOCK_M, q_len, k_len, window_left, window_right, BLOCK_N,
                              LEFT_BOUNDED, RIGHT_BOUNDED)
+        lo, hi = clip_to_sequence(lo, hi, m_start, q_len, VARLEN)
         for j in range(lo, hi):
             stage = kv_iter % KV_STAGES
             empty_phase = ((kv_iter // KV_STAGES) & 1) ^ 1
             mbarrier.wait(k_empty.index(stage), empty_phase)
             mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(k_desc, [b, j * BLOCK_N, kv_h, 0], k_ready.index(stage),
-                                            k_smem.index(stage))
+            tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + j * BLOCK_N, kv_h, 0],
+                                            k_ready.index(stage), k_smem.index(stage))
             mbarrier.wait(v_empty.index(stage), empty_phase)
             mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(v_desc, [b, j * BLOCK_N, kv_h, 0], v_ready.index(stage),
-                                            v_smem.index(stage))
+            tma.async_copy_global_to_shared(v_desc, [k_batch, k_first + j * BLOCK_N, kv_h, 0],
+                                            v_ready.index(stage), v_smem.index(stage))
             kv_iter += 1
         if SCHEDULER == 2:
             # Take the next tile from the global counter (the first grid-size tiles went to the
@@ -244,13 +274,14 @@ def _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, KV_STAGES: gl.c
 
 
 @gluon.jit
-def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr, qk_scale,
-              seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section,
-              num_tiles, window_left, window_right, softcap_scale,
+def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
+              cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
+              heads_per_section, num_tiles, window_left, window_right, softcap_scale,
               WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
               KV_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
               SOFTCAP: gl.constexpr, HAS_SINK: gl.constexpr, SCHEDULER: gl.constexpr,
-              RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr):
+              RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr, VARLEN: gl.constexpr,
+              Q_REG_COLS: gl.constexpr):
     q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty = bars
     HALF_M: gl.constexpr = BLOCK_M // 2
     dtype: gl.constexpr = q_smem.dtype
@@ -259,6 +290,7 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, HEAD_DIM, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    q_op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
     LN2: gl.constexpr = 0.6931471805599453
@@ -271,16 +303,19 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr
         m_block, bh = _tile_coords(tile, num_m_blocks, num_heads_total, heads_per_section, RIGHT_BOUNDED)
         b = bh // num_heads
         h = bh - b * num_heads
+        _q_batch, _q_first, q_len, _q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
+        _k_batch, _k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
         row_start = m_block * BLOCK_M + WG * HALF_M
         # The producer streams the blocks the whole 128-row tile sees; with a window or causal mask
         # this warpgroup's rows see a sub-range [lo, hi) and release the rest unread.
-        tile_lo, tile_hi = key_blocks(m_block * BLOCK_M, BLOCK_M, seqlen_q, seqlen_k, window_left, window_right,
+        tile_lo, tile_hi = key_blocks(m_block * BLOCK_M, BLOCK_M, q_len, k_len, window_left, window_right,
                                        BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
-        lo, hi = key_blocks(row_start, HALF_M, seqlen_q, seqlen_k, window_left, window_right, BLOCK_N,
+        tile_lo, tile_hi = clip_to_sequence(tile_lo, tile_hi, m_block * BLOCK_M, q_len, VARLEN)
+        lo, hi = key_blocks(row_start, HALF_M, q_len, k_len, window_left, window_right, BLOCK_N,
                              LEFT_BOUNDED, RIGHT_BOUNDED)
         lo = gl.minimum(gl.maximum(lo, tile_lo), tile_hi)
         hi = gl.minimum(gl.maximum(hi, lo), tile_hi)
-        unmasked_lo, unmasked_hi = unmasked_key_blocks(row_start, HALF_M, seqlen_q, seqlen_k, window_left,
+        unmasked_lo, unmasked_hi = unmasked_key_blocks(row_start, HALF_M, q_len, k_len, window_left,
                                                     window_right, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
         for j in range(tile_lo, lo):
             kv_iter = _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, KV_STAGES)
@@ -289,18 +324,19 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr
         l_i = gl.zeros([HALF_M], gl.float32, s_rows)
         o = gl.zeros([HALF_M, HEAD_DIM], gl.float32, o_layout)
         mbarrier.wait(q_ready.index(WG), tile_iter & 1)
+        q_op = 0
+        if Q_REG_COLS > 0:
+            q_op = q_buf.slice(0, Q_REG_COLS, dim=1).load(q_op_layout)
         if hi > lo:
             # First block: S = Q K^T, softmax, no O yet.
             stage = kv_iter % KV_STAGES
             mbarrier.wait(k_ready.index(stage), (kv_iter // KV_STAGES) & 1)
-            s = warpgroup_mma(q_buf, k_smem.index(stage).permute((1, 0)),
-                              gl.zeros([HALF_M, BLOCK_N], gl.float32, s_layout), use_acc=False,
-                              is_async=True)
+            s = _scores(q_buf, q_op, k_smem.index(stage), s_layout, HALF_M, BLOCK_N, HEAD_DIM, Q_REG_COLS)
             s = warpgroup_mma_wait(0, deps=(s, ))
             mbarrier.arrive(k_empty.index(stage))
             s = soft_cap(s, softcap_scale, SOFTCAP)
             if (lo < unmasked_lo) | (lo >= unmasked_hi):
-                s = _apply_mask(s, row_start, lo * BLOCK_N, seqlen_q, seqlen_k, window_left, window_right,
+                s = _apply_mask(s, row_start, lo * BLOCK_N, q_len, k_len, window_left, window_right,
                                 s_layout, HALF_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
             m_i = gl.max(s, axis=1)
             m_scaled = gl.where(m_i == -float("inf"), 0.0, m_i * qk_scale)
@@ -316,16 +352,14 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr
                 # Issue S_j = Q K_j^T, then O += P_{j-1} V_{j-1}; the softmax of S_j overlaps the PV.
                 stage = kv_iter % KV_STAGES
                 mbarrier.wait(k_ready.index(stage), (kv_iter // KV_STAGES) & 1)
-                s = warpgroup_mma(q_buf, k_smem.index(stage).permute((1, 0)),
-                                  gl.zeros([HALF_M, BLOCK_N], gl.float32, s_layout), use_acc=False,
-                                  is_async=True)
+                s = _scores(q_buf, q_op, k_smem.index(stage), s_layout, HALF_M, BLOCK_N, HEAD_DIM, Q_REG_COLS)
                 mbarrier.wait(v_ready.index(prev_stage), prev_phase)
                 o = warpgroup_mma(p, v_smem.index(prev_stage), o, is_async=True)
                 s = warpgroup_mma_wait(1, deps=(s, ))
                 mbarrier.arrive(k_empty.index(stage))
                 s = soft_cap(s, softcap_scale, SOFTCAP)
                 if (j < unmasked_lo) | (j >= unmasked_hi):
-                    s = _apply_mask(s, row_start, j * BLOCK_N, seqlen_q, seqlen_k, window_left, window_right,
+                    s = _apply_mask(s, row_start, j * BLOCK_N, q_len, k_len, window_left, window_right,
                                     s_layout, HALF_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
                 m_new = gl.maximum(m_i, gl.max(s, axis=1))
                 if RESCALE_THRESHOLD > 0:
@@ -356,8 +390,8 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr
         for j in range(hi, tile_hi):
             kv_iter = _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, KV_STAGES)
 
-        # Epilogue: normalise, write lse, stage O in this warpgroup's (now dead) Q half and
-        # TMA-store it (the store clips rows beyond seqlen_q); then the producer may reload Q.
+        # Epilogue: normalise, write lse, stage O in this warpgroup's (now dead) Q half and store it
+        # (sm90_rows.store_tile: rows past the sequence are not written); then the producer may reload Q.
         m_row = m_i * qk_scale  # the row max in base-2 units (-inf: the row saw no key)
         if HAS_SINK:
             # the sink's logit joins the denominator: rescale to max(row max, sink), add its term
@@ -371,13 +405,14 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr
             l_o = gl.convert_layout(l_i, o_rows, assert_trivial=True)
             o = o * gl.where(l_o > 0.0, 1.0 / l_o, 0.0)[:, None]
             lse = gl.where(l_i > 0.0, (m_row + gl.log2(l_i)) * LN2, -float("inf"))
+        # where the rows go: looked up again here rather than kept live through the key loop
+        q_batch, q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
         rows = row_start + gl.arange(0, HALF_M, s_rows)
-        gl.store(lse_ptr + bh.to(gl.int64) * seqlen_q + rows, lse, mask=rows < seqlen_q)
-        q_buf.store(o.to(dtype))
-        fence_async_shared()
-        tma.async_copy_shared_to_global(o_desc, [b, row_start, h, 0], q_buf)
-        tma.store_wait(0)
-        gl.thread_barrier()  # each warp waited for its own store; now all of them are done
+        # int32 offset: H * total_q < 2^31 whenever q fits in memory; an int64 one spilled at d=256
+        gl.store(lse_ptr + (h * total_q + q_flat) + rows, lse, mask=rows < q_len)
+        store_tile(o.to(dtype), q_buf, o_desc, o_ptr, num_heads * HEAD_DIM, q_batch, q_first, row_start, h, q_len,
+                   HALF_M, HEAD_DIM, 4, VARLEN)
+        gl.thread_barrier()  # each warp finished its own stores; now all of them have
         mbarrier.arrive(q_empty.index(WG))
         tile_iter += 1
         tile = _consumer_next_tile(tile, tile_iter, num_tiles, tile_slot, tile_ready, tile_empty,
@@ -387,30 +422,34 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr
 # Worker partitions take no Python-int arguments (only IR values and constexprs passed through), so
 # warpgroup 1 gets its own entry point that fixes WG=1.
 @gluon.jit
-def _second_consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr, qk_scale,
-                     seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section,
-                     num_tiles, window_left, window_right, softcap_scale,
+def _second_consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
+                     cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads,
+                     num_heads_total, heads_per_section, num_tiles, window_left, window_right, softcap_scale,
                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                      KV_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
                      SOFTCAP: gl.constexpr, HAS_SINK: gl.constexpr, SCHEDULER: gl.constexpr,
-                     RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr):
-    _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr, qk_scale, seqlen_q, seqlen_k,
-              num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles, window_left,
-              window_right, softcap_scale, 1, BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES, LEFT_BOUNDED,
-              RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS)
+                     RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr, VARLEN: gl.constexpr,
+                     Q_REG_COLS: gl.constexpr):
+    _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q, cu_seqlens_k,
+              qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total, heads_per_section,
+              num_tiles, window_left, window_right, softcap_scale, 1, BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES,
+              LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN,
+              Q_REG_COLS)
 
 
 # Sizes are not specialised (no recompiles for seqlen 1 or odd lengths); only the constexprs are.
-@gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_heads", "group_size", "heads_per_section",
+@gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "total_q", "num_heads", "group_size", "heads_per_section",
                               "num_m_blocks", "num_heads_total", "num_tiles", "window_left", "window_right"])
-def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, sink_ptr, tile_counter, qk_scale,
-                         seqlen_q, seqlen_k, num_heads, group_size, heads_per_section,
-                         num_m_blocks, num_heads_total, num_tiles, window_left, window_right, softcap_scale,
+def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q, cu_seqlens_k,
+                         tile_counter, qk_scale, seqlen_q, seqlen_k, total_q, num_heads, group_size,
+                         heads_per_section, num_m_blocks, num_heads_total, num_tiles, window_left, window_right,
+                         softcap_scale,
                          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                          KV_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
                          SOFTCAP: gl.constexpr, HAS_SINK: gl.constexpr, SCHEDULER: gl.constexpr,
                          RESCALE_THRESHOLD: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                         PRODUCER_REGS: gl.constexpr, POLY_EIGHTHS: gl.constexpr):
+                         PRODUCER_REGS: gl.constexpr, POLY_EIGHTHS: gl.constexpr, VARLEN: gl.constexpr,
+                         Q_REG_COLS: gl.constexpr):
     HALF_M: gl.constexpr = BLOCK_M // 2
     dtype: gl.constexpr = q_desc.dtype
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HALF_M, HEAD_DIM], dtype)
@@ -442,19 +481,20 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, sink_ptr, tile
     bars = (q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty)
 
     gl.warp_specialize([
-        (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr, qk_scale, seqlen_q,
-                     seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles,
-                     window_left, window_right, softcap_scale, 0, BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES,
-                     LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS)),
-        (_second_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, lse_ptr, sink_ptr, qk_scale, seqlen_q,
-                            seqlen_k, num_m_blocks, num_heads, num_heads_total, heads_per_section,
-                            num_tiles, window_left, window_right, softcap_scale, BLOCK_M, BLOCK_N,
-                            HEAD_DIM, KV_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
-                            RESCALE_THRESHOLD, POLY_EIGHTHS)),
+        (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
+                     cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
+                     heads_per_section, num_tiles, window_left, window_right, softcap_scale, 0, BLOCK_M, BLOCK_N,
+                     HEAD_DIM, KV_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
+                     RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
+        (_second_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
+                            cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads,
+                            num_heads_total, heads_per_section, num_tiles, window_left, window_right, softcap_scale,
+                            BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK,
+                            SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
-                     seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, group_size,
-                     heads_per_section, num_tiles, window_left, window_right, BLOCK_M, BLOCK_N, KV_STAGES,
-                     LEFT_BOUNDED, RIGHT_BOUNDED, SCHEDULER)),
+                     cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total,
+                     group_size, heads_per_section, num_tiles, window_left, window_right, BLOCK_M, BLOCK_N,
+                     KV_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SCHEDULER, VARLEN)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -528,8 +568,10 @@ def sm90_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
 def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
                  window: tuple[int, int] = (-1, -1), softcap: float = 0.0, sink: torch.Tensor | None = None,
                  scheduler: str | None = None, config: Sm90FwdConfig | None = None,
-                 poly_eighths: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention forward on Hopper. Returns (out (B, Sq, H, D), lse (B, H, Sq) float32, natural log).
+                 poly_eighths: int = 0, cu_seqlens_q: torch.Tensor | None = None,
+                 cu_seqlens_k: torch.Tensor | None = None, max_seqlen_q: int = 0,
+                 max_seqlen_k: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention forward on Hopper. Returns (out (B, Sq, H, D), lse (H, B*Sq) float32, natural log).
 
     window: (left, right) flash-attn sliding window, -1 unbounded (causal forces right = 0); key blocks
     outside it are never loaded. softcap: scores become softcap * tanh(scores / softcap) when > 0.
@@ -537,16 +579,23 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
     scheduler: "single" | "static" | "dynamic" (default: FLASH256_SCHEDULER, else "single");
     config: a tuning override of CONFIGS[head_dim];
     poly_eighths: eighths of each score tile whose exp2 runs as an FMA polynomial (flash256.ex2).
+    cu_seqlens_q / cu_seqlens_k: int32 offsets of packed sequences in (1, total, H, D) inputs, whose
+    lengths are at most max_seqlen_q / max_seqlen_k (varlen; one CTA per tile, the "single" scheduler).
     """
     batch, seqlen_q, nheads, head_dim = q.shape
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
     cfg = config or CONFIGS[head_dim]
-    sched = _scheduler_name(scheduler)
+    varlen = cu_seqlens_q is not None
+    # persistent CTAs would have to agree on skipping the tiles past a short sequence: not worth it
+    sched = "single" if varlen else _scheduler_name(scheduler)
     q, k, v = _tma_operand(q), _tma_operand(k), _tma_operand(v)
     out = torch.empty((batch, seqlen_q, nheads, head_dim), dtype=q.dtype, device=q.device)
-    lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
+    total_q = batch * seqlen_q
+    lse = torch.empty((nheads, total_q), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
+    num_seqs = cu_seqlens_q.numel() - 1 if varlen else batch
+    max_q, max_k = (max_seqlen_q, max_seqlen_k) if varlen else (seqlen_q, seqlen_k)
 
     half_m = cfg.block_m // 2
     q_desc = _descriptor(q, cfg, half_m)
@@ -555,8 +604,8 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
     v_desc = _descriptor(v, cfg, cfg.block_n)
 
     group_size = nheads // nheads_kv
-    num_m_blocks = triton.cdiv(seqlen_q, cfg.block_m)
-    num_heads_total = batch * nheads
+    num_m_blocks = triton.cdiv(max_q, cfg.block_m)
+    num_heads_total = num_seqs * nheads
     num_tiles = num_m_blocks * num_heads_total
     if sched == "single":
         grid = num_tiles
@@ -572,17 +621,18 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
         if q.device not in _UNUSED_COUNTER:
             _UNUSED_COUNTER[q.device] = torch.zeros(1, dtype=torch.int32, device=q.device)
         tile_counter = _UNUSED_COUNTER[q.device]
-    window_left, window_right, mask_flags = mask_arguments(seqlen_q, seqlen_k, causal, window)
+    window_left, window_right, mask_flags = mask_arguments(max_q, max_k, causal, window)
     qk_scale, softcap_scale = score_scales(softmax_scale, softcap)
     sink_ptr = lse if sink is None else sink.float().contiguous()  # never read without a sink
+    cu_q, cu_k = (cu_seqlens_q, cu_seqlens_k) if varlen else (tile_counter, tile_counter)  # read only if varlen
     sm90_attn_fwd_kernel[(grid, )](
-        q_desc, k_desc, v_desc, o_desc, lse, sink_ptr, tile_counter, qk_scale,
-        seqlen_q, seqlen_k, nheads, group_size, _heads_per_section(seqlen_k, cfg, group_size),
+        q_desc, k_desc, v_desc, o_desc, out, lse, sink_ptr, cu_q, cu_k, tile_counter, qk_scale,
+        seqlen_q, seqlen_k, total_q, nheads, group_size, _heads_per_section(max_k, cfg, group_size),
         num_m_blocks, num_heads_total, num_tiles, window_left, window_right, softcap_scale,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, KV_STAGES=cfg.kv_stages,
         SOFTCAP=softcap > 0, HAS_SINK=sink is not None, SCHEDULER=_SCHEDULER_IDS[sched],
-        RESCALE_THRESHOLD=cfg.rescale_threshold, CONSUMER_REGS=cfg.consumer_regs,
-        PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths, num_warps=4,
+        RESCALE_THRESHOLD=cfg.rescale_threshold, Q_REG_COLS=cfg.q_reg_cols, CONSUMER_REGS=cfg.consumer_regs,
+        PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths, VARLEN=varlen, num_warps=4,
         maxnreg=cfg.launch_maxnreg, **mask_flags)
     return out, lse
 
@@ -592,7 +642,7 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
 # --------------------------------------------------------------------------------------------------
 def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
                  dtype: torch.dtype = torch.bfloat16, poly_eighths: int = 0, left_bounded: bool = False,
-                 softcap: bool = False, sink: bool = False):
+                 softcap: bool = False, sink: bool = False, varlen: bool = False):
     """triton.compile the kernel for sm_90a (GPUTarget('cuda', 90, 32)); needs no GPU."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -606,18 +656,19 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim,
                       KV_STAGES=cfg.kv_stages, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
                       SOFTCAP=softcap, HAS_SINK=sink, SCHEDULER=_SCHEDULER_IDS[scheduler],
-                      RESCALE_THRESHOLD=cfg.rescale_threshold, CONSUMER_REGS=cfg.consumer_regs,
-                      PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths)
+                      RESCALE_THRESHOLD=cfg.rescale_threshold, Q_REG_COLS=cfg.q_reg_cols,
+                      CONSUMER_REGS=cfg.consumer_regs,
+                      PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths, VARLEN=varlen)
     signature = dict(q_desc=desc_sig(half_m), k_desc=desc_sig(cfg.block_n), v_desc=desc_sig(cfg.block_n),
-                     o_desc=desc_sig(half_m), lse_ptr="*fp32", sink_ptr="*fp32", tile_counter="*i32",
-                     qk_scale="fp32",
-                     seqlen_q="i32", seqlen_k="i32", num_heads="i32", group_size="i32",
+                     o_desc=desc_sig(half_m), o_ptr=f"*{sig_dtype}", lse_ptr="*fp32", sink_ptr="*fp32",
+                     cu_seqlens_q="*i32", cu_seqlens_k="*i32", tile_counter="*i32", qk_scale="fp32",
+                     seqlen_q="i32", seqlen_k="i32", total_q="i32", num_heads="i32", group_size="i32",
                      heads_per_section="i32", num_m_blocks="i32", num_heads_total="i32", num_tiles="i32",
                      window_left="i32", window_right="i32", softcap_scale="fp32")
     signature.update({name: "constexpr" for name in constexprs})
     # torch allocations are 16-byte aligned: the JIT marks such pointers divisible by 16, do the same
     aligned = {(list(signature).index(name), ): [["tt.divisibility", 16]]
-               for name in ("lse_ptr", "sink_ptr", "tile_counter")}
+               for name in ("o_ptr", "lse_ptr", "sink_ptr", "cu_seqlens_q", "cu_seqlens_k", "tile_counter")}
     src = GluonASTSource(sm90_attn_fwd_kernel, signature, constexprs=constexprs, attrs=aligned)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": 4, "maxnreg": cfg.launch_maxnreg})
@@ -648,6 +699,9 @@ def inspect_cases(arch: int = 90, schedulers: tuple[str, ...] = ("single", )):
     cases += [InspectCase("sm90_fwd", f"{cfg.describe()} causal=True window=(L,0) sink",
                           lambda cfg=cfg: compile_sm90(cfg, True, left_bounded=True, sink=True))
               for cfg in CONFIGS.values()]
+    cases += [InspectCase("sm90_fwd", f"{cfg.describe()} causal={causal} varlen",
+                          lambda cfg=cfg, causal=causal: compile_sm90(cfg, causal, varlen=True))
+              for cfg in CONFIGS.values() for causal in (False, True)]
     return cases
 
 
