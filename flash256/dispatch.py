@@ -56,13 +56,13 @@ def _sm90_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
     """
     return (q.device.type == "cuda" and not interpreting() and q.shape[1] > 1
             and torch.cuda.get_device_capability(q.device) == (9, 0)
-            and q.shape[-1] in sm90_fwd.CONFIGS and args.cu_seqlens_q is None)  # varlen: until its GPU run
+            and q.shape[-1] in sm90_fwd.CONFIGS)
 
 
 def _sm90_bwd_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
     """The Gluon backward: plain, causal, sliding-window, soft-capped attention, learnable sinks and
     packed (varlen) batches at head_dim 64/128/256 on sm_90, any seqlens. It is atomic-free, so deterministic=True costs nothing there."""
-    return not interpreting() and sm90_bwd.sm90_bwd_supports(q, args) and args.cu_seqlens_q is None
+    return not interpreting() and sm90_bwd.sm90_bwd_supports(q, args)
 
 
 def _sm90_forward(q, k, v, args):
