@@ -61,7 +61,8 @@ def _sm90_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
 
 def _sm90_bwd_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
     """The Gluon backward: plain, causal, sliding-window, soft-capped attention, learnable sinks and
-    packed (varlen) batches at head_dim 64/128/256 on sm_90, any seqlens. It is atomic-free, so deterministic=True costs nothing there."""
+    packed (varlen) batches at head_dim 64/128/256 on sm_90, any seqlens. It is atomic-free, so
+    deterministic=True costs nothing there."""
     return not interpreting() and sm90_bwd.sm90_bwd_supports(q, args)
 
 

@@ -75,7 +75,6 @@ def correctness():
                 # strided q: a slice of a packed (b, s, 3, h, d) tensor
                 q = torch.randn(b, sq, 3, h, d, device="cuda", dtype=dtype)[:, :, 1]
             scale = 1.0 / math.sqrt(d)
-            assert sm90.sm90_supports(q, k, v, causal)
             if sched == "lazy8":
                 out, lse = sm90.sm90_forward(q, k, v, scale, causal, config=lazy(d))
             else:

@@ -22,14 +22,15 @@ import flash256
 from flash256.kernels import sm90_bwd, sm90_fwd
 from flash256.testing import accuracy_check, reference_results
 
-SHIPPED = {"fwd": (sm90_fwd.CONFIGS, dict(sm90_fwd.CONFIGS)), "bwd": (sm90_bwd.DKDV_CONFIGS, dict(sm90_bwd.DKDV_CONFIGS))}
+SHIPPED = {"fwd": (sm90_fwd.CONFIGS, dict(sm90_fwd.CONFIGS)),
+           "bwd": (sm90_bwd.DKDV_CONFIGS, dict(sm90_bwd.DKDV_CONFIGS))}
 CASES = [(256, c, s) for c in (False, True) for s in (1024, 4096, 16384)] + \
         [(d, c, 8192) for d in (128, 64) for c in (False, True)]
 
 
 def apply(variant):
     direction, _, spec = variant.partition(":")
-    for live, shipped in (table for table in SHIPPED.values()):
+    for live, shipped in SHIPPED.values():
         live.update(shipped)
     live, shipped = SHIPPED[direction]
     if spec == "default":

@@ -52,13 +52,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma,
     warpgroup_mma_wait,
 )
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .portable_bwd import attention_delta
 from .portable_fwd import score_scales
 from .sm90_masking import (key_blocks, mask_arguments, query_tiles, soft_cap, unmasked_key_blocks, visible_keys,
                            visible_queries_t, window_offsets)
-from .sm90_fwd import _GL_DTYPES, _SIG_DTYPES, _tma_operand
+from .sm90_fwd import _GL_DTYPES, _SIG_DTYPES, _tma_operand, io_block, smem_layout, tma_descriptor
 from .sm90_rows import clip_to_sequence, sequence_rows, store_tile
 
 SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
@@ -749,21 +748,6 @@ def sm90_attn_bwd_dq_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dq_ptr, ls
 # --------------------------------------------------------------------------------------------------
 # Host side
 # --------------------------------------------------------------------------------------------------
-def _io_block(head_dim: int, rows: int) -> list[int]:
-    # TMA box over the (batch, seqlen, heads, head_dim) tensor: `rows` tokens of one head
-    return [1, rows, 1, head_dim]
-
-
-def _smem_layout(head_dim: int, rows: int, gl_dtype):
-    return gl.NVMMASharedLayout.get_default_for(_io_block(head_dim, rows), gl_dtype)
-
-
-def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
-    head_dim = t.shape[-1]
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), _io_block(head_dim, rows),
-                            _smem_layout(head_dim, rows, _GL_DTYPES[t.dtype]))
-
-
 _PLACEHOLDERS: dict[torch.device, torch.Tensor] = {}
 
 
@@ -810,8 +794,8 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
 
     cfg = DKDV_CONFIGS[head_dim]
     sm90_attn_bwd_dkdv_kernel[(triton.cdiv(max_k, cfg.block_n), num_seqs * nheads_kv)](
-        _descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n),
-        _descriptor(dout, cfg.block_m), _descriptor(dk, cfg.block_n), _descriptor(dv, cfg.block_n), dk, dv,
+        tma_descriptor(q, cfg.block_m), tma_descriptor(k, cfg.block_n), tma_descriptor(v, cfg.block_n),
+        tma_descriptor(dout, cfg.block_m), tma_descriptor(dk, cfg.block_n), tma_descriptor(dv, cfg.block_n), dk, dv,
         lse, delta, cu_q, cu_k, args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads_kv,
         group_size, total_q, window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, STAGES=cfg.qdo_stages,
@@ -821,8 +805,8 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
 
     cfg = DQ_CONFIGS[head_dim]
     sm90_attn_bwd_dq_kernel[(triton.cdiv(max_q, cfg.block_m), num_seqs * nheads)](
-        _descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n),
-        _descriptor(dout, cfg.block_m), _descriptor(dq, cfg.block_m), dq, lse, delta, cu_q, cu_k,
+        tma_descriptor(q, cfg.block_m), tma_descriptor(k, cfg.block_n), tma_descriptor(v, cfg.block_n),
+        tma_descriptor(dout, cfg.block_m), tma_descriptor(dq, cfg.block_m), dq, lse, delta, cu_q, cu_k,
         args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads, group_size, total_q,
         window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, K_STAGES=cfg.k_stages,
@@ -847,7 +831,7 @@ _SCALARS = dict(lse_ptr="*fp32", delta_ptr="*fp32", cu_seqlens_q="*i32", cu_seql
 def _desc_types(dtype: torch.dtype, head_dim: int, **rows_by_name) -> dict:
     from .compile_target import gluon_desc_type
     gl_dtype, sig_dtype = _GL_DTYPES[dtype], _SIG_DTYPES[dtype]
-    return {name: gluon_desc_type(sig_dtype, _io_block(head_dim, rows), _smem_layout(head_dim, rows, gl_dtype))
+    return {name: gluon_desc_type(sig_dtype, io_block(head_dim, rows), smem_layout(head_dim, rows, gl_dtype))
             for name, rows in rows_by_name.items()}
 
 

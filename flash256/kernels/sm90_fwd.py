@@ -28,6 +28,7 @@ that concurrent CTAs share K/V in L2. Pick with the `scheduler` argument or FLAS
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -135,6 +136,8 @@ class Sm90FwdConfig:
 # d=256: Q 64 KB + K 2x32 KB + V 2x32 KB = 192 KB (+ barriers). A third K or V stage would need
 # 224 KB and leaves no slack; 128x128 blocks (64 KB per K or V stage) cannot double-buffer.
 # Registers/thread: O 128 + S 32 + P 16 = 176 of 240 (FA3's 128x80 tile is not a power of two).
+# q_reg_cols=128 (+32 registers) measured +2-3% from 4k on the H200 but spills 12-20 B with a left
+# window edge or varlen + causal; all 256 columns spill in every case (NOTES.md). Off.
 CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, kv_stages=2)
 # d=128: Q 32 KB + K 2x32 KB + V 2x32 KB = 160 KB. Registers: O 64 + S 64 + P 32 = 160.
 CONFIG_D128 = Sm90FwdConfig(head_dim=128, block_n=128, kv_stages=2)
@@ -520,18 +523,22 @@ def _tma_operand(t: torch.Tensor) -> torch.Tensor:
     return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
 
 
-def _io_block(cfg: Sm90FwdConfig, rows: int) -> list[int]:
+def io_block(head_dim: int, rows: int) -> list[int]:
     # TMA box over the (batch, seqlen, heads, head_dim) tensor: `rows` tokens of one head
-    return [1, rows, 1, cfg.head_dim]
+    return [1, rows, 1, head_dim]
 
 
-def _smem_layout(cfg: Sm90FwdConfig, rows: int, gl_dtype):
-    return gl.NVMMASharedLayout.get_default_for(_io_block(cfg, rows), gl_dtype)
+@functools.lru_cache(maxsize=None)
+def smem_layout(head_dim: int, rows: int, gl_dtype):
+    # cached: building the layout costs ~20 us of Python, paid per descriptor per call otherwise
+    return gl.NVMMASharedLayout.get_default_for(io_block(head_dim, rows), gl_dtype)
 
 
-def _descriptor(t: torch.Tensor, cfg: Sm90FwdConfig, rows: int) -> TensorDescriptor:
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), _io_block(cfg, rows),
-                            _smem_layout(cfg, rows, _GL_DTYPES[t.dtype]))
+def tma_descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
+    """Descriptor of a (B, S, H, D) tensor whose box is `rows` tokens of one head (the sm90 kernels' tiles)."""
+    head_dim = t.shape[-1]
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), io_block(head_dim, rows),
+                            smem_layout(head_dim, rows, _GL_DTYPES[t.dtype]))
 
 
 def _scheduler_name(scheduler: str | None) -> str:
@@ -544,25 +551,6 @@ def _scheduler_name(scheduler: str | None) -> str:
 def _heads_per_section(seqlen_k: int, cfg: Sm90FwdConfig, group_size: int) -> int:
     kv_bytes_per_query_head = 2 * seqlen_k * cfg.head_dim * cfg.elem_bytes / group_size
     return max(1, int(L2_SECTION_BYTES // max(kv_bytes_per_query_head, 1)))
-
-
-def sm90_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> bool:
-    """True when sm90_forward handles these inputs (the dispatcher falls back otherwise)."""
-    if not (q.is_cuda and k.is_cuda and v.is_cuda):
-        return False
-    if torch.cuda.get_device_capability(q.device) != (9, 0):
-        return False
-    if q.dtype not in _GL_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        return False
-    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
-        return False
-    batch, _, nheads, head_dim = q.shape
-    if head_dim not in CONFIGS or k.shape[0] != batch or k.shape[3] != head_dim:
-        return False
-    if k.shape[2] == 0 or nheads % k.shape[2] != 0:
-        return False
-    # last dim contiguous; other misalignment is fixed by a copy in the launcher
-    return q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
 
 
 def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
@@ -598,10 +586,10 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
     max_q, max_k = (max_seqlen_q, max_seqlen_k) if varlen else (seqlen_q, seqlen_k)
 
     half_m = cfg.block_m // 2
-    q_desc = _descriptor(q, cfg, half_m)
-    o_desc = _descriptor(out, cfg, half_m)
-    k_desc = _descriptor(k, cfg, cfg.block_n)
-    v_desc = _descriptor(v, cfg, cfg.block_n)
+    q_desc = tma_descriptor(q, half_m)
+    o_desc = tma_descriptor(out, half_m)
+    k_desc = tma_descriptor(k, cfg.block_n)
+    v_desc = tma_descriptor(v, cfg.block_n)
 
     group_size = nheads // nheads_kv
     num_m_blocks = triton.cdiv(max_q, cfg.block_m)
@@ -650,7 +638,7 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
     gl_dtype, sig_dtype = _GL_DTYPES[dtype], _SIG_DTYPES[dtype]
 
     def desc_sig(rows):
-        return f"tensordesc<{sig_dtype}{_io_block(cfg, rows)},{_smem_layout(cfg, rows, gl_dtype)!r}>"
+        return f"tensordesc<{sig_dtype}{io_block(cfg.head_dim, rows)},{smem_layout(cfg.head_dim, rows, gl_dtype)!r}>"
 
     half_m = cfg.block_m // 2
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim,
