@@ -132,6 +132,19 @@ def test_gpu_auto_uses_fast_path_on_hopper():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("scheduler", ["single", "static", "dynamic"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_gpu_forward_schedulers(head_dim, causal, scheduler, monkeypatch):
+    """Every tile scheduler of the Gluon forward (FLASH256_SCHEDULER) gives the reference's answer; the
+    persistent ones run 272 tiles (17 x 2 x 8) on at most one CTA per SM, so each CTA takes several."""
+    monkeypatch.setenv("FLASH256_SCHEDULER", scheduler)
+    torch.manual_seed(4)
+    q, k, v = make_inputs(2, 2100, 1500, 8, 2, head_dim, torch.bfloat16)
+    run_and_check(q, k, v, causal=causal)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
 def test_gpu_deterministic_bitwise_d256(causal):
     """The default backward at d=256 (Gluon on Hopper: no atomics) repeats bit for bit, GQA 6:1."""

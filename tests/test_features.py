@@ -177,3 +177,16 @@ def test_sm90_mask_arguments(causal, window, expected):
     assert right == (0 if causal else (window[1] if window[1] >= 0 else 401))
     assert left == (window[0] if window[0] >= 0 else 401)
     assert mask_arguments(100, 300, False, (2**31 - 1, 2**31 - 1))[:2] == (401, 401)
+
+
+def test_sm90_default_scheduler():
+    """The Gluon forward goes persistent ("dynamic") only for plain non-causal d=256 attention whose
+    per-head K and V outgrow the L2 section (measured there); everything else keeps one tile per CTA."""
+    from flash256.kernels.sm90_fwd import CONFIGS, default_scheduler
+    plain = dict(causal=False, window=(-1, -1), softcap=0.0, has_sink=False)
+    assert default_scheduler(CONFIGS[256], 128 * 1024, **plain) == "dynamic"
+    assert default_scheduler(CONFIGS[256], 64 * 1024, **plain) == "dynamic"
+    assert default_scheduler(CONFIGS[256], 32 * 1024, **plain) == "single"
+    assert default_scheduler(CONFIGS[128], 128 * 1024, **plain) == "single"
+    for change in (dict(causal=True), dict(window=(4096, 0)), dict(softcap=30.0), dict(has_sink=True)):
+        assert default_scheduler(CONFIGS[256], 128 * 1024, **{**plain, **change}) == "single"

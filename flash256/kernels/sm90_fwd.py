@@ -541,8 +541,19 @@ def tma_descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
                             smem_layout(head_dim, rows, _GL_DTYPES[t.dtype]))
 
 
-def _scheduler_name(scheduler: str | None) -> str:
-    name = scheduler or os.environ.get("FLASH256_SCHEDULER", "single")
+def default_scheduler(cfg: Sm90FwdConfig, seqlen_k: int, causal: bool, window: tuple[int, int], softcap: float,
+                      has_sink: bool) -> str:
+    """"dynamic" where one head's K and V outgrow the L2 section, in plain non-causal attention at d=256:
+    one-tile-per-CTA grids then drift apart along the K/V stream and lose L2 reuse (H200, 128k: 599 ->
+    673 TFLOP/s; NOTES.md). "single" everywhere else, where it measured best or level (and where the
+    dynamic kernel would spill: causal, soft cap, sink, d=128)."""
+    plain = not causal and window == (-1, -1) and softcap == 0 and not has_sink
+    kv_bytes = 2 * seqlen_k * cfg.head_dim * cfg.elem_bytes
+    return "dynamic" if plain and cfg.head_dim == 256 and kv_bytes > L2_SECTION_BYTES else "single"
+
+
+def _scheduler_name(scheduler: str | None, default: str) -> str:
+    name = scheduler or os.environ.get("FLASH256_SCHEDULER") or default
     if name not in SCHEDULERS:
         raise ValueError(f"FLASH256_SCHEDULER / scheduler must be one of {SCHEDULERS}, got {name!r}")
     return name
@@ -564,7 +575,7 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
     window: (left, right) flash-attn sliding window, -1 unbounded (causal forces right = 0); key blocks
     outside it are never loaded. softcap: scores become softcap * tanh(scores / softcap) when > 0.
     sink: (H,) fp32 learnable sink logits (one extra term in every row's softmax denominator) or None.
-    scheduler: "single" | "static" | "dynamic" (default: FLASH256_SCHEDULER, else "single");
+    scheduler: "single" | "static" | "dynamic" (default: FLASH256_SCHEDULER, else default_scheduler);
     config: a tuning override of CONFIGS[head_dim];
     poly_eighths: eighths of each score tile whose exp2 runs as an FMA polynomial (flash256.ex2).
     cu_seqlens_q / cu_seqlens_k: int32 offsets of packed sequences in (1, total, H, D) inputs, whose
@@ -575,7 +586,8 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
     cfg = config or CONFIGS[head_dim]
     varlen = cu_seqlens_q is not None
     # persistent CTAs would have to agree on skipping the tiles past a short sequence: not worth it
-    sched = "single" if varlen else _scheduler_name(scheduler)
+    sched = "single" if varlen else _scheduler_name(
+        scheduler, default_scheduler(cfg, seqlen_k, causal, window, softcap, sink is not None))
     q, k, v = _tma_operand(q), _tma_operand(k), _tma_operand(v)
     out = torch.empty((batch, seqlen_q, nheads, head_dim), dtype=q.dtype, device=q.device)
     total_q = batch * seqlen_q
@@ -665,8 +677,9 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
 def inspect_cases(arch: int = 90, schedulers: tuple[str, ...] = ("single", )):
     """Shipped configurations for `python -m flash256.inspect`, compiled for sm_90a without a GPU.
 
-    The default scheduler only: the persistent ones ("static", "dynamic") still keep a few
-    loop-invariant scalars in local memory (see NOTES.md); pass schedulers=SCHEDULERS to see them.
+    The "single" scheduler, and "dynamic" where default_scheduler picks it: elsewhere the persistent ones
+    ("static", "dynamic") still keep a few loop-invariant scalars in local memory (see NOTES.md); pass
+    schedulers=SCHEDULERS to see them.
     exp2 emulation variants (2 and 4 eighths on the FMA pipe) show MUFU.EX2 falling, FFMA rising.
     """
     from .compile_target import InspectCase
@@ -687,6 +700,9 @@ def inspect_cases(arch: int = 90, schedulers: tuple[str, ...] = ("single", )):
     cases += [InspectCase("sm90_fwd", f"{cfg.describe()} causal=True window=(L,0) sink",
                           lambda cfg=cfg: compile_sm90(cfg, True, left_bounded=True, sink=True))
               for cfg in CONFIGS.values()]
+    # the default for long plain non-causal d=256 (default_scheduler)
+    cases += [InspectCase("sm90_fwd", f"{CONFIG_D256.describe()} causal=False scheduler=dynamic",
+                          lambda: compile_sm90(CONFIG_D256, False, "dynamic"))]
     cases += [InspectCase("sm90_fwd", f"{cfg.describe()} causal={causal} varlen",
                           lambda cfg=cfg, causal=causal: compile_sm90(cfg, causal, varlen=True))
               for cfg in CONFIGS.values() for causal in (False, True)]
