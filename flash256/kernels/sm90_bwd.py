@@ -675,9 +675,6 @@ def _dq_consumer(q_smem, do_smem, k_smem, v_smem, dq_desc, dq_ptr, bars, lse_ptr
                                   s_layout,
                                   BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, False)
         ds_op = gl.convert_layout((p * (dp - delta[:, None])).to(dtype), op_layout)
-        # Masked blocks (window start), interior blocks without the mask, masked blocks (diagonal /
-        # ragged end): three loops (a run-time branch inside one loop keeps both paths' values live and
-        # spills at d=256).
         # Interior blocks need no mask: a loop without it, then one with it for the diagonal / ragged end
         # (a run-time branch inside one loop keeps both paths' values live and spills at d=256). With a
         # left window edge every block goes through the masked loop: a third loop for the edge blocks

@@ -24,7 +24,9 @@ Tiles are handed out by a scheduler: "single" (one tile per CTA, grid = number o
 (persistent grid of one CTA per SM, tile = pid + i * grid) or "dynamic" (persistent grid, the
 producer takes the next tile from a global atomic counter and passes it to the consumers through
 shared memory). Tile order is longest-first for causal and groups heads into L2-sized sections so
-that concurrent CTAs share K/V in L2. Pick with the `scheduler` argument or FLASH256_SCHEDULER.
+that concurrent CTAs share K/V in L2. Pick with the `scheduler` argument or FLASH256_SCHEDULER; the
+default (`default_scheduler`) is "dynamic" for plain non-causal d=256 attention whose per-head K/V outgrows
+the L2 section, "single" otherwise.
 """
 from __future__ import annotations
 
