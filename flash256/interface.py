@@ -1,11 +1,13 @@
 """Public API: flash-attn's `flash_attn_func` / `flash_attn_varlen_func` conventions,
 autograd, torch.compile.
 
-The kernels run inside two torch.library custom ops (`flash256::forward`,
-`flash256::backward`) with fake implementations, so torch.compile traces through them
-without graph breaks; autograd is registered on the forward op. Inside the ops every
-input is 4-D (batch, seqlen, heads, head_dim) — a packed varlen batch is (1, total, ...) —
-and LSE is kept as (heads, rows); the public functions reshape at the edges.
+Under torch.compile the kernels run inside two torch.library custom ops (`flash256::forward`,
+`flash256::backward`) with fake implementations, so it traces through them without graph
+breaks; autograd is registered on the forward op. In eager mode the same two functions run
+under a plain autograd.Function: the custom-op layer costs ~130 us of Python per call, more
+than a short sequence's kernels take. Inside them every input is 4-D (batch, seqlen, heads,
+head_dim) — a packed varlen batch is (1, total, ...) — and LSE is kept as (heads, rows); the
+public functions reshape at the edges.
 """
 import math
 import os
@@ -75,7 +77,7 @@ def _check_cu_seqlens(name, cu, total, device):
         raise ValueError(f"{name} must be on {device}, got {cu.device}")
 
 
-# --- custom ops --------------------------------------------------------------------------
+# --- forward and backward: custom ops for torch.compile, an autograd.Function in eager ----
 
 def _args(sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
           window_left, window_right, softcap, deterministic, exp2_poly_eighths=0) -> AttentionArgs:
@@ -84,8 +86,7 @@ def _args(sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_
                          exp2_poly_eighths)
 
 
-@torch.library.custom_op("flash256::forward", mutates_args=())
-def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: Optional[torch.Tensor],
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: Optional[torch.Tensor],
                 cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
                 max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, causal: bool,
                 window_left: int, window_right: int, softcap: float, deterministic: bool,
@@ -103,6 +104,9 @@ def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: Optiona
     return impl.run(q, k, v, args)
 
 
+_forward_op = torch.library.custom_op("flash256::forward", _forward, mutates_args=())
+
+
 @_forward_op.register_fake
 def _(q, k, v, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
       causal, window_left, window_right, softcap, deterministic, exp2_poly_eighths, backend):
@@ -111,8 +115,7 @@ def _(q, k, v, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
         q.new_empty((nheads, batch * seqlen_q), dtype=torch.float32)
 
 
-@torch.library.custom_op("flash256::backward", mutates_args=())
-def _backward_op(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor,
+def _backward(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor,
                  k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                  sink: Optional[torch.Tensor], cu_seqlens_q: Optional[torch.Tensor],
                  cu_seqlens_k: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int,
@@ -134,6 +137,9 @@ def _backward_op(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tens
     return dq, dk, dv, no_sink_grad if dsink is None else dsink
 
 
+_backward_op = torch.library.custom_op("flash256::backward", _backward, mutates_args=())
+
+
 @_backward_op.register_fake
 def _(dout, dlse, q, k, v, out, lse, sink, *rest):
     dsink = torch.empty_like(sink, dtype=torch.float32) if sink is not None else q.new_empty(0, dtype=torch.float32)
@@ -145,19 +151,38 @@ def _setup_context(ctx, inputs, output):
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, sink, cu_seqlens_q, cu_seqlens_k)
     ctx.options = options
+    # an unused lse (the usual case) sends dlse = None rather than a zero tensor to fill and subtract
+    ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dout, dlse):
+def _gradients(ctx, dout, dlse, backward):
     q, k, v, out, lse, sink, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
-    dq, dk, dv, dsink = _backward_op(dout, dlse, q, k, v, out, lse, sink, cu_seqlens_q,
-                                     cu_seqlens_k, *ctx.options)
+    dq, dk, dv, dsink = backward(dout, dlse, q, k, v, out, lse, sink, cu_seqlens_q, cu_seqlens_k, *ctx.options)
     dsink = dsink.to(sink.dtype) if sink is not None else None
     return (dq, dk, dv, dsink, None, None) + (None,) * len(ctx.options)
 
 
-_forward_op.register_autograd(_backward, setup_context=_setup_context)
+def _traced_gradients(ctx, dout, dlse):
+    return _gradients(ctx, dout, dlse, _backward_op)
+
+
+_forward_op.register_autograd(_traced_gradients, setup_context=_setup_context)
+
+
+class _EagerAttention(torch.autograd.Function):
+    """The same forward, context and gradients as the custom ops, without their dispatch."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _forward(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        return _gradients(ctx, dout, dlse, _backward)
 
 
 # --- public functions --------------------------------------------------------------------
@@ -184,9 +209,10 @@ def _run(q4, k4, v4, learnable_sink, cu_q, cu_k, max_q, max_k, softmax_scale, ca
     if backend not in dispatch.backend_names():
         raise ValueError(f"backend must be one of {dispatch.backend_names()}, got {backend!r}")
     eighths = _exp2_poly_eighths(exp2_poly_fraction, q4.shape[-1], causal)
-    return _forward_op(q4, k4, v4, learnable_sink, cu_q, cu_k, int(max_q), int(max_k),
-                       float(softmax_scale), bool(causal), int(window_size[0]), int(window_size[1]),
-                       float(softcap), bool(deterministic), eighths, backend)
+    forward = _forward_op if torch.compiler.is_compiling() else _EagerAttention.apply
+    return forward(q4, k4, v4, learnable_sink, cu_q, cu_k, int(max_q), int(max_k), float(softmax_scale),
+                   bool(causal), int(window_size[0]), int(window_size[1]), float(softcap), bool(deterministic),
+                   eighths, backend)
 
 
 def attention(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
