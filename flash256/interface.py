@@ -87,10 +87,10 @@ def _args(sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_
 
 
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: Optional[torch.Tensor],
-                cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
-                max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, causal: bool,
-                window_left: int, window_right: int, softcap: float, deterministic: bool,
-                exp2_poly_eighths: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+             cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
+             max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, causal: bool,
+             window_left: int, window_right: int, softcap: float, deterministic: bool,
+             exp2_poly_eighths: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     args = _args(sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
                  causal, window_left, window_right, softcap, deterministic, exp2_poly_eighths)
     batch, seqlen_q, nheads, _ = q.shape
@@ -116,12 +116,12 @@ def _(q, k, v, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
 
 
 def _backward(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor,
-                 k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                 sink: Optional[torch.Tensor], cu_seqlens_q: Optional[torch.Tensor],
-                 cu_seqlens_k: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int,
-                 softmax_scale: float, causal: bool, window_left: int, window_right: int,
-                 softcap: float, deterministic: bool, exp2_poly_eighths: int, backend: str
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+              sink: Optional[torch.Tensor], cu_seqlens_q: Optional[torch.Tensor],
+              cu_seqlens_k: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int,
+              softmax_scale: float, causal: bool, window_left: int, window_right: int,
+              softcap: float, deterministic: bool, exp2_poly_eighths: int, backend: str
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     args = _args(sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
                  causal, window_left, window_right, softcap, deterministic, exp2_poly_eighths)
     no_sink_grad = torch.zeros(0, device=q.device, dtype=torch.float32)

@@ -70,8 +70,8 @@ class Sm90FwdConfig:
     # rescale O only when some row of the warpgroup grew by more; 0 = rescale every block.
     rescale_threshold: float = 0.0
     # Head-dim columns of each warpgroup's Q held in registers as the A operand of QK^T (an RS wgmma
-    # over those columns, SS over the rest): an SS m64n64k16 wgmma reads 2 KB of Q and 2 KB of K from
-    # shared memory per 32 tensor-core clocks, which with the K/V TMA writes is about the SM's 128 B/clk.
+    # over those columns, SS over the rest), to spare shared-memory reads; 0 = all SS. Measured at d=256:
+    # +2-3% with 128, so shared-memory bandwidth is not what binds the kernel (NOTES.md). Off everywhere.
     q_reg_cols: int = 0
     consumer_regs: int = 240  # setmaxnreg for each consumer warpgroup
     producer_regs: int = 24  # setmaxnreg for the producer warp (rounded up to a warpgroup)
