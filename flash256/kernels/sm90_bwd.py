@@ -31,9 +31,10 @@ block j-1 runs while the warpgroup computes dS of block j.
 Causal and sliding windows (bottom-right, sm90_masking.py: query i sees key j iff
 i + Sk - Sq - left <= j <= i + Sk - Sq + right): tiles that see nothing are never loaded, only tiles
 crossing a window edge are masked (P is masked after exp2, so rows with lse = -inf give 0, not NaN).
-A soft cap multiplies dS by (1 - tanh^2): warpgroup 0 sends P^T (1 - tanh^2) to warpgroup 1. Ragged ends need no mask: TMA zero-fills rows past a sequence end, lse of such
-query rows is loaded as +inf (P = 0), and keys past seqlen_k have K = V = 0 rows, which contribute
-nothing to dQ; their own dK/dV rows are clipped by the TMA store.
+A soft cap multiplies dS by (1 - tanh^2): warpgroup 0 sends P^T (1 - tanh^2) to warpgroup 1.
+Ragged ends: query rows past a sequence's end (zero-filled by TMA, or the next packed sequence's rows) get
+lse = +inf, so P = 0; the dQ kernel masks keys past seqlen_k in its last block; dK/dV rows past seqlen_k
+are clipped by the TMA store, or skipped by the masked store of a packed tile (sm90_rows.py).
 
 Conventions as portable_backward: q/dout (B, Sq, H, D), k/v (B, Sk, Hkv, D), lse and delta (H, B*Sq)
 fp32 with natural-log lse; dq/dk/dv in the input dtype.
@@ -57,7 +58,7 @@ from .portable_bwd import attention_delta
 from .portable_fwd import score_scales
 from .sm90_masking import (key_blocks, mask_arguments, query_tiles, soft_cap, unmasked_key_blocks, visible_keys,
                            visible_queries_t, window_offsets)
-from .sm90_fwd import _GL_DTYPES, _SIG_DTYPES, _tma_operand, io_block, smem_layout, tma_descriptor
+from .sm90_fwd import _GL_DTYPES, _SIG_DTYPES, _tma_operand, int_placeholder, io_block, smem_layout, tma_descriptor
 from .sm90_rows import clip_to_sequence, sequence_rows, store_tile
 
 SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
@@ -745,15 +746,6 @@ def sm90_attn_bwd_dq_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dq_ptr, ls
 # --------------------------------------------------------------------------------------------------
 # Host side
 # --------------------------------------------------------------------------------------------------
-_PLACEHOLDERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _int_placeholder(device: torch.device) -> torch.Tensor:
-    if device not in _PLACEHOLDERS:
-        _PLACEHOLDERS[device] = torch.zeros(1, dtype=torch.int32, device=device)
-    return _PLACEHOLDERS[device]
-
-
 def sm90_bwd_supports(q: torch.Tensor, args) -> bool:
     """True when sm90_backward handles these inputs: plain, causal, sliding-window or soft-capped
     attention, with or without a learnable sink, packed or not, on sm_90 at d 64/128/256. A soft cap needs the
@@ -787,7 +779,7 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
     qk_scale, softcap_scale = score_scales(args.softmax_scale, args.softcap)
     window_left, window_right, mask_flags = mask_arguments(max_q, max_k, args.causal, args.window)
     # cu_seqlens are read only when VARLEN; any int32 pointer fills their place otherwise
-    cu_q, cu_k = (args.cu_seqlens_q, args.cu_seqlens_k) if varlen else (_int_placeholder(q.device), ) * 2
+    cu_q, cu_k = (args.cu_seqlens_q, args.cu_seqlens_k) if varlen else (int_placeholder(q.device), ) * 2
 
     cfg = DKDV_CONFIGS[head_dim]
     sm90_attn_bwd_dkdv_kernel[(triton.cdiv(max_k, cfg.block_n), num_seqs * nheads_kv)](

@@ -509,7 +509,15 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_pt
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 _SIG_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 _SM_COUNT: dict[int, int] = {}
-_UNUSED_COUNTER: dict[torch.device, torch.Tensor] = {}
+_INT_PLACEHOLDERS: dict[torch.device, torch.Tensor] = {}
+
+
+def int_placeholder(device: torch.device) -> torch.Tensor:
+    """A one-element int32 tensor for pointer arguments a kernel variant never reads (the tile counter
+    outside the dynamic scheduler, cu_seqlens outside varlen)."""
+    if device not in _INT_PLACEHOLDERS:
+        _INT_PLACEHOLDERS[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _INT_PLACEHOLDERS[device]
 
 
 def _tma_compatible(t: torch.Tensor) -> bool:
@@ -620,13 +628,11 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
     if sched == "dynamic":
         tile_counter = torch.zeros(1, dtype=torch.int32, device=q.device)
     else:
-        if q.device not in _UNUSED_COUNTER:
-            _UNUSED_COUNTER[q.device] = torch.zeros(1, dtype=torch.int32, device=q.device)
-        tile_counter = _UNUSED_COUNTER[q.device]
+        tile_counter = int_placeholder(q.device)
     window_left, window_right, mask_flags = mask_arguments(max_q, max_k, causal, window)
     qk_scale, softcap_scale = score_scales(softmax_scale, softcap)
     sink_ptr = lse if sink is None else sink.float().contiguous()  # never read without a sink
-    cu_q, cu_k = (cu_seqlens_q, cu_seqlens_k) if varlen else (tile_counter, tile_counter)  # read only if varlen
+    cu_q, cu_k = (cu_seqlens_q, cu_seqlens_k) if varlen else (int_placeholder(q.device), ) * 2
     sm90_attn_fwd_kernel[(grid, )](
         q_desc, k_desc, v_desc, o_desc, out, lse, sink_ptr, cu_q, cu_k, tile_counter, qk_scale,
         seqlen_q, seqlen_k, total_q, nheads, group_size, _heads_per_section(max_k, cfg, group_size),
