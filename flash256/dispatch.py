@@ -49,12 +49,9 @@ def _portable_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
 
 def _sm90_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
     """The Gluon forward covers plain, causal, sliding-window, soft-capped attention, learnable sinks
-    and packed (varlen) batches at head_dim 64/128/256 on sm_90.
-
-    seqlen_q == 1 stays on the portable kernel: the Gluon kernel's LSE/output are wrong there
-    (H100 GPU tests, 2026-11-25; NOTES.md), and a one-row query gains nothing from it.
-    """
-    return (q.device.type == "cuda" and not interpreting() and q.shape[1] > 1
+    and packed (varlen) batches at head_dim 64/128/256 on sm_90, any seqlens (seqlen_q == 1 included
+    since 2026-12-02: the 2026-11-25 failures there went with the integer specialisation; NOTES.md)."""
+    return (q.device.type == "cuda" and not interpreting()
             and torch.cuda.get_device_capability(q.device) == (9, 0)
             and q.shape[-1] in sm90_fwd.CONFIGS)
 

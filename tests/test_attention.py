@@ -120,6 +120,7 @@ def test_gpu_auto_uses_fast_path_on_hopper():
     args = dispatch.AttentionArgs(0.1, True, (-1, -1), 0.0, None, None, None, 8, 8, False)
     expected = "sm90" if torch.cuda.get_device_capability() == (9, 0) else "portable"
     assert dispatch.select("forward", q, args).name == expected
+    assert dispatch.select("forward", q[:, :1], args).name == expected  # one query row too
     for direction in ("forward", "backward"):
         assert dispatch.select(direction, q, args).name == expected
         assert dispatch.select(direction, q, dataclasses_replace(args, softcap=5.0)).name == expected

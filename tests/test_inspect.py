@@ -97,7 +97,8 @@ def gluon_case():
 @compiles
 def test_compile_tl_dot_on_sm90a_uses_hgmma_and_ex2():
     stats = sass_stats(dot_case().compile())
-    assert stats["sass_arch"] == "sm_90a"
+    # cuobjdump prints "sm_90a" or, in some CUDA releases, "sm_90" for the same cubin; HGMMA exists on sm_90a only
+    assert stats["sass_arch"] in ("sm_90a", "sm_90")
     assert stats["registers"] > 0
     assert stats["hgmma"] > 0
     assert stats["mufu_ex2"] > 0

@@ -781,10 +781,17 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
     # cu_seqlens are read only when VARLEN; any int32 pointer fills their place otherwise
     cu_q, cu_k = (args.cu_seqlens_q, args.cu_seqlens_k) if varlen else (int_placeholder(q.device), ) * 2
 
+    descriptors = {}
+
+    def desc(t, rows):  # both kernels take K and V in the same boxes: build each descriptor once
+        if (id(t), rows) not in descriptors:
+            descriptors[id(t), rows] = tma_descriptor(t, rows)
+        return descriptors[id(t), rows]
+
     cfg = DKDV_CONFIGS[head_dim]
     sm90_attn_bwd_dkdv_kernel[(triton.cdiv(max_k, cfg.block_n), num_seqs * nheads_kv)](
-        tma_descriptor(q, cfg.block_m), tma_descriptor(k, cfg.block_n), tma_descriptor(v, cfg.block_n),
-        tma_descriptor(dout, cfg.block_m), tma_descriptor(dk, cfg.block_n), tma_descriptor(dv, cfg.block_n), dk, dv,
+        desc(q, cfg.block_m), desc(k, cfg.block_n), desc(v, cfg.block_n),
+        desc(dout, cfg.block_m), tma_descriptor(dk, cfg.block_n), tma_descriptor(dv, cfg.block_n), dk, dv,
         lse, delta, cu_q, cu_k, args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads_kv,
         group_size, total_q, window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, STAGES=cfg.qdo_stages,
@@ -794,8 +801,8 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
 
     cfg = DQ_CONFIGS[head_dim]
     sm90_attn_bwd_dq_kernel[(triton.cdiv(max_q, cfg.block_m), num_seqs * nheads)](
-        tma_descriptor(q, cfg.block_m), tma_descriptor(k, cfg.block_n), tma_descriptor(v, cfg.block_n),
-        tma_descriptor(dout, cfg.block_m), tma_descriptor(dq, cfg.block_m), dq, lse, delta, cu_q, cu_k,
+        desc(q, cfg.block_m), desc(k, cfg.block_n), desc(v, cfg.block_n),
+        desc(dout, cfg.block_m), tma_descriptor(dq, cfg.block_m), dq, lse, delta, cu_q, cu_k,
         args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads, group_size, total_q,
         window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, K_STAGES=cfg.k_stages,

@@ -4,7 +4,7 @@ One CTA computes a BLOCK_M = 128 query-row tile of one (batch, head) and is spli
 warp-specialized partitions:
 
   * producer (1 warp, 24 registers): TMA loads of Q (two 64-row halves) and of K and V blocks into a
-    KV_STAGES-deep shared-memory ring, each slot guarded by a "ready" and an "empty" mbarrier;
+    K_STAGES- and V_STAGES-deep shared-memory rings, each slot guarded by a "ready" and an "empty" mbarrier;
   * two consumer warpgroups (4 warps each, ~240 registers): warpgroup w owns query rows
     [64 w, 64 w + 64) of the tile. Each runs QK^T and PV as async wgmma; P stays in registers as the
     A operand of the PV wgmma; the QK^T of block j+1 is issued before the softmax of block j
@@ -64,7 +64,8 @@ L2_SECTION_BYTES = 32 * 1024 * 1024  # K+V bytes of the heads processed together
 class Sm90FwdConfig:
     head_dim: int
     block_n: int  # keys per K/V block
-    kv_stages: int  # depth of the K ring and of the V ring
+    k_stages: int  # depth of the K ring
+    v_stages: int  # depth of the V ring
     block_m: int = 2 * WARPGROUP_ROWS  # two consumer warpgroups x 64 rows
     # Lazy O rescale: keep a row max that is stale by up to this many log2 units (P <= 2^t) and
     # rescale O only when some row of the warpgroup grew by more; 0 = rescale every block.
@@ -84,12 +85,12 @@ class Sm90FwdConfig:
 
     @property
     def smem_kv(self) -> int:
-        return 2 * self.kv_stages * self.block_n * self.head_dim * self.elem_bytes
+        return (self.k_stages + self.v_stages) * self.block_n * self.head_dim * self.elem_bytes
 
     @property
     def smem_barriers(self) -> int:
         # 4 per K/V stage (k/v ready/empty) + 4 for the Q halves (ready/empty) + 2 for the tile id
-        return 8 * (4 * self.kv_stages + 4 + 2)
+        return 8 * (2 * (self.k_stages + self.v_stages) + 4 + 2)
 
     @property
     def smem_total(self) -> int:
@@ -123,7 +124,7 @@ class Sm90FwdConfig:
         return (REGISTERS_PER_SM // 384) // 8 * 8
 
     def describe(self) -> str:
-        return (f"d{self.head_dim}_m{self.block_m}_n{self.block_n}_s{self.kv_stages}"
+        return (f"d{self.head_dim}_m{self.block_m}_n{self.block_n}_k{self.k_stages}v{self.v_stages}"
                 f"_r{self.rescale_threshold:g}" + (f"_qr{self.q_reg_cols}" if self.q_reg_cols else "") +
                 f" smem={self.smem_total}B (Q {self.smem_q} + KV {self.smem_kv}) "
                 f"regs/thread O={self.regs_o} S={self.regs_s} P={self.regs_p}" +
@@ -140,11 +141,11 @@ class Sm90FwdConfig:
 # Registers/thread: O 128 + S 32 + P 16 = 176 of 240 (FA3's 128x80 tile is not a power of two).
 # q_reg_cols=128 (+32 registers) measured +2-3% from 4k on the H200 but spills 12-20 B with a left
 # window edge or varlen + causal; all 256 columns spill in every case (NOTES.md). Off.
-CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, kv_stages=2)
+CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, k_stages=2, v_stages=2)
 # d=128: Q 32 KB + K 2x32 KB + V 2x32 KB = 160 KB. Registers: O 64 + S 64 + P 32 = 160.
-CONFIG_D128 = Sm90FwdConfig(head_dim=128, block_n=128, kv_stages=2)
+CONFIG_D128 = Sm90FwdConfig(head_dim=128, block_n=128, k_stages=2, v_stages=2)
 # d=64: Q 16 KB + K 3x16 KB + V 3x16 KB = 112 KB. Registers: O 32 + S 64 + P 32 = 128.
-CONFIG_D64 = Sm90FwdConfig(head_dim=64, block_n=128, kv_stages=3)
+CONFIG_D64 = Sm90FwdConfig(head_dim=64, block_n=128, k_stages=3, v_stages=3)
 
 CONFIGS = {cfg.head_dim: cfg for cfg in (CONFIG_D256, CONFIG_D128, CONFIG_D64)}
 for _cfg in CONFIGS.values():
@@ -200,6 +201,57 @@ def _apply_mask(s, row_start, col_start, seqlen_q, seqlen_k, window_left, window
 
 
 @gluon.jit
+def _key_block(j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale, masked,
+               s_layout: gl.constexpr, p_layout: gl.constexpr, o_rows: gl.constexpr,
+               HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, K_STAGES: gl.constexpr, V_STAGES: gl.constexpr,
+               LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
+               RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr, Q_REG_COLS: gl.constexpr):
+    """Key block j >= lo + 1 of a consumer's loop: issue S_j = Q K_j^T, then O += P_{j-1} V_{j-1}; the
+    softmax of S_j runs while PV_{j-1} is on the tensor cores. `masked`: a constexpr where the caller's loop
+    holds only masked or only unmasked blocks, else a runtime flag. Returns the state for block j + 1."""
+    k_smem, v_smem, k_ready, k_empty, v_ready, v_empty = ring
+    row_start, q_len, k_len, window_left, window_right = rows
+    stage = kv_iter % K_STAGES
+    mbarrier.wait(k_ready.index(stage), (kv_iter // K_STAGES) & 1)
+    s = _scores(q_buf, q_op, k_smem.index(stage), s_layout, HALF_M, BLOCK_N, HEAD_DIM, Q_REG_COLS)
+    prev_stage = (kv_iter - 1) % V_STAGES  # block j-1's V
+    mbarrier.wait(v_ready.index(prev_stage), ((kv_iter - 1) // V_STAGES) & 1)
+    o = warpgroup_mma(p, v_smem.index(prev_stage), o, is_async=True)
+    s = warpgroup_mma_wait(1, deps=(s, ))
+    mbarrier.arrive(k_empty.index(stage))
+    s = soft_cap(s, softcap_scale, SOFTCAP)
+    if masked:
+        s = _apply_mask(s, row_start, j * BLOCK_N, q_len, k_len, window_left, window_right, s_layout, HALF_M,
+                        BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
+    m_new = gl.maximum(m_i, gl.max(s, axis=1))
+    if RESCALE_THRESHOLD > 0:
+        # Lazy rescale: keep the stale max (P <= 2^threshold) unless some row of the warpgroup grew by more
+        # than the threshold; then O needs no multiply at all.
+        grow = gl.max(((m_new - m_i) * qk_scale > RESCALE_THRESHOLD).to(gl.int32), axis=0)
+        m_new = gl.where(grow > 0, m_new, m_i)
+    m_scaled = gl.where(m_new == -float("inf"), 0.0, m_new * qk_scale)
+    alpha = gl.exp2(m_i * qk_scale - m_scaled)
+    p_f32 = exp2_split_gl(s * qk_scale - m_scaled[:, None], POLY_EIGHTHS)
+    l_i = l_i * alpha + gl.sum(p_f32, axis=1)
+    o, p = warpgroup_mma_wait(0, deps=(o, p))
+    mbarrier.arrive(v_empty.index(prev_stage))
+    o = _rescale(o, alpha, grow, o_rows, RESCALE_THRESHOLD)
+    p = gl.convert_layout(p_f32.to(q_buf.dtype), p_layout)
+    return kv_iter + 1, o, p, m_new, l_i, grow
+
+
+@gluon.jit
+def _rescale(o, alpha, grow, o_rows: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
+    """O *= alpha per row (with the lazy rescale: only when some row's max grew past the threshold)."""
+    if RESCALE_THRESHOLD > 0:
+        if grow > 0:
+            o = o * gl.convert_layout(alpha, o_rows, assert_trivial=True)[:, None]
+    else:
+        o = o * gl.convert_layout(alpha, o_rows, assert_trivial=True)[:, None]
+    return o
+
+
+@gluon.jit
 def _scores(q_buf, q_op, k_buf, s_layout: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr,
             HEAD_DIM: gl.constexpr, Q_REG_COLS: gl.constexpr):
     """Issue S = Q K^T (async): Q's first Q_REG_COLS columns from registers (q_op), the rest from shared memory."""
@@ -219,7 +271,7 @@ def _scores(q_buf, q_op, k_buf, s_layout: gl.constexpr, HALF_M: gl.constexpr, BL
 def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
               cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total,
               group_size, heads_per_section, num_tiles, window_left, window_right,
-              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, KV_STAGES: gl.constexpr,
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, K_STAGES: gl.constexpr, V_STAGES: gl.constexpr,
               LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SCHEDULER: gl.constexpr,
               VARLEN: gl.constexpr):
     q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty = bars
@@ -244,13 +296,13 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, t
                              LEFT_BOUNDED, RIGHT_BOUNDED)
         lo, hi = clip_to_sequence(lo, hi, m_start, q_len, VARLEN)
         for j in range(lo, hi):
-            stage = kv_iter % KV_STAGES
-            empty_phase = ((kv_iter // KV_STAGES) & 1) ^ 1
-            mbarrier.wait(k_empty.index(stage), empty_phase)
+            stage = kv_iter % K_STAGES
+            mbarrier.wait(k_empty.index(stage), ((kv_iter // K_STAGES) & 1) ^ 1)
             mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + j * BLOCK_N, kv_h, 0],
                                             k_ready.index(stage), k_smem.index(stage))
-            mbarrier.wait(v_empty.index(stage), empty_phase)
+            stage = kv_iter % V_STAGES
+            mbarrier.wait(v_empty.index(stage), ((kv_iter // V_STAGES) & 1) ^ 1)
             mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(v_desc, [k_batch, k_first + j * BLOCK_N, kv_h, 0],
                                             v_ready.index(stage), v_smem.index(stage))
@@ -268,12 +320,13 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, t
 
 
 @gluon.jit
-def _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, KV_STAGES: gl.constexpr):
+def _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, K_STAGES: gl.constexpr, V_STAGES: gl.constexpr):
     """A block the other warpgroup needs but these rows cannot see: release it unread."""
-    stage = kv_iter % KV_STAGES
-    mbarrier.wait(k_ready.index(stage), (kv_iter // KV_STAGES) & 1)
+    stage = kv_iter % K_STAGES
+    mbarrier.wait(k_ready.index(stage), (kv_iter // K_STAGES) & 1)
     mbarrier.arrive(k_empty.index(stage))
-    mbarrier.wait(v_ready.index(stage), (kv_iter // KV_STAGES) & 1)
+    stage = kv_iter % V_STAGES
+    mbarrier.wait(v_ready.index(stage), (kv_iter // V_STAGES) & 1)
     mbarrier.arrive(v_empty.index(stage))
     return kv_iter + 1
 
@@ -283,7 +336,7 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
               cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
               heads_per_section, num_tiles, window_left, window_right, softcap_scale,
               WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-              KV_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
+              K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
               SOFTCAP: gl.constexpr, HAS_SINK: gl.constexpr, SCHEDULER: gl.constexpr,
               RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr, VARLEN: gl.constexpr,
               Q_REG_COLS: gl.constexpr):
@@ -323,7 +376,7 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
         unmasked_lo, unmasked_hi = unmasked_key_blocks(row_start, HALF_M, q_len, k_len, window_left,
                                                     window_right, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
         for j in range(tile_lo, lo):
-            kv_iter = _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, KV_STAGES)
+            kv_iter = _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, K_STAGES, V_STAGES)
 
         m_i = gl.full([HALF_M], -float("inf"), gl.float32, s_rows)
         l_i = gl.zeros([HALF_M], gl.float32, s_rows)
@@ -334,8 +387,8 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
             q_op = q_buf.slice(0, Q_REG_COLS, dim=1).load(q_op_layout)
         if hi > lo:
             # First block: S = Q K^T, softmax, no O yet.
-            stage = kv_iter % KV_STAGES
-            mbarrier.wait(k_ready.index(stage), (kv_iter // KV_STAGES) & 1)
+            stage = kv_iter % K_STAGES
+            mbarrier.wait(k_ready.index(stage), (kv_iter // K_STAGES) & 1)
             s = _scores(q_buf, q_op, k_smem.index(stage), s_layout, HALF_M, BLOCK_N, HEAD_DIM, Q_REG_COLS)
             s = warpgroup_mma_wait(0, deps=(s, ))
             mbarrier.arrive(k_empty.index(stage))
@@ -348,52 +401,43 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
             p_f32 = exp2_split_gl(s * qk_scale - m_scaled[:, None], POLY_EIGHTHS)
             l_i = gl.sum(p_f32, axis=1)
             p = gl.convert_layout(p_f32.to(dtype), p_layout)
-            prev_stage = stage
-            prev_phase = (kv_iter // KV_STAGES) & 1
             kv_iter += 1
             # (re)define O only now, so its zeros are not live through block 0's softmax
             o = gl.zeros([HALF_M, HEAD_DIM], gl.float32, o_layout)
-            for j in range(lo + 1, hi):
-                # Issue S_j = Q K_j^T, then O += P_{j-1} V_{j-1}; the softmax of S_j overlaps the PV.
-                stage = kv_iter % KV_STAGES
-                mbarrier.wait(k_ready.index(stage), (kv_iter // KV_STAGES) & 1)
-                s = _scores(q_buf, q_op, k_smem.index(stage), s_layout, HALF_M, BLOCK_N, HEAD_DIM, Q_REG_COLS)
-                mbarrier.wait(v_ready.index(prev_stage), prev_phase)
-                o = warpgroup_mma(p, v_smem.index(prev_stage), o, is_async=True)
-                s = warpgroup_mma_wait(1, deps=(s, ))
-                mbarrier.arrive(k_empty.index(stage))
-                s = soft_cap(s, softcap_scale, SOFTCAP)
-                if (j < unmasked_lo) | (j >= unmasked_hi):
-                    s = _apply_mask(s, row_start, j * BLOCK_N, q_len, k_len, window_left, window_right,
-                                    s_layout, HALF_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
-                m_new = gl.maximum(m_i, gl.max(s, axis=1))
-                if RESCALE_THRESHOLD > 0:
-                    # Lazy rescale: keep the stale max (P <= 2^threshold) unless some row of the
-                    # warpgroup grew by more than the threshold; then O needs no multiply at all.
-                    grow = gl.max(((m_new - m_i) * qk_scale > RESCALE_THRESHOLD).to(gl.int32), axis=0)
-                    m_new = gl.where(grow > 0, m_new, m_i)
-                m_scaled = gl.where(m_new == -float("inf"), 0.0, m_new * qk_scale)
-                alpha = gl.exp2(m_i * qk_scale - m_scaled)
-                p_f32 = exp2_split_gl(s * qk_scale - m_scaled[:, None], POLY_EIGHTHS)
-                l_i = l_i * alpha + gl.sum(p_f32, axis=1)
-                m_i = m_new
-                o, p = warpgroup_mma_wait(0, deps=(o, p))
-                mbarrier.arrive(v_empty.index(prev_stage))
-                if RESCALE_THRESHOLD > 0:
-                    if grow > 0:
-                        o = o * gl.convert_layout(alpha, o_rows, assert_trivial=True)[:, None]
-                else:
-                    o = o * gl.convert_layout(alpha, o_rows, assert_trivial=True)[:, None]
-                p = gl.convert_layout(p_f32.to(dtype), p_layout)
-                prev_stage = stage
-                prev_phase = (kv_iter // KV_STAGES) & 1
-                kv_iter += 1
-            mbarrier.wait(v_ready.index(prev_stage), prev_phase)
-            o = warpgroup_mma(p, v_smem.index(prev_stage), o, is_async=True)
+            grow = gl.to_tensor(0)
+            ring = (k_smem, v_smem, k_ready, k_empty, v_ready, v_empty)
+            rows = (row_start, q_len, k_len, window_left, window_right)
+            if LEFT_BOUNDED or VARLEN or SCHEDULER == 2 or POLY_EIGHTHS > 0:
+                # one loop, the mask a branch in it: the split below keeps more values live and spills here
+                for j in range(lo + 1, hi):
+                    kv_iter, o, p, m_i, l_i, grow = _key_block(
+                        j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale,
+                        (j < unmasked_lo) | (j >= unmasked_hi), s_layout, p_layout, o_rows, HALF_M, BLOCK_N,
+                        HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, RESCALE_THRESHOLD, POLY_EIGHTHS,
+                        Q_REG_COLS)
+            else:
+                # Unmasked blocks, then the masked ones (causal diagonal, ragged end) in a second loop, so that
+                # the mask is no branch inside a loop: at the merge after such a branch ptxas waits for every
+                # wgmma in flight, which put PV_{j-1}'s wait above the softmax of S_j (SASS: WARPGROUP.DEPBAR
+                # before the first MUFU.EX2) and lost the intra-warpgroup overlap. H200: +2-3% (NOTES.md).
+                last_unmasked = gl.minimum(gl.maximum(unmasked_hi, lo + 1), hi)
+                for j in range(lo + 1, last_unmasked):
+                    kv_iter, o, p, m_i, l_i, grow = _key_block(
+                        j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale, False,
+                        s_layout, p_layout, o_rows, HALF_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED,
+                        RIGHT_BOUNDED, SOFTCAP, RESCALE_THRESHOLD, POLY_EIGHTHS, Q_REG_COLS)
+                for j in range(last_unmasked, hi):
+                    kv_iter, o, p, m_i, l_i, grow = _key_block(
+                        j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale, True,
+                        s_layout, p_layout, o_rows, HALF_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED,
+                        RIGHT_BOUNDED, SOFTCAP, RESCALE_THRESHOLD, POLY_EIGHTHS, Q_REG_COLS)
+            last_stage = (kv_iter - 1) % V_STAGES
+            mbarrier.wait(v_ready.index(last_stage), ((kv_iter - 1) // V_STAGES) & 1)
+            o = warpgroup_mma(p, v_smem.index(last_stage), o, is_async=True)
             o, p = warpgroup_mma_wait(0, deps=(o, p))
-            mbarrier.arrive(v_empty.index(prev_stage))
+            mbarrier.arrive(v_empty.index(last_stage))
         for j in range(hi, tile_hi):
-            kv_iter = _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, KV_STAGES)
+            kv_iter = _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, K_STAGES, V_STAGES)
 
         # Epilogue: normalise, write lse, stage O in this warpgroup's (now dead) Q half and store it
         # (sm90_rows.store_tile: rows past the sequence are not written); then the producer may reload Q.
@@ -431,13 +475,13 @@ def _second_consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse
                      cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads,
                      num_heads_total, heads_per_section, num_tiles, window_left, window_right, softcap_scale,
                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                     KV_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
+                     K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
                      SOFTCAP: gl.constexpr, HAS_SINK: gl.constexpr, SCHEDULER: gl.constexpr,
                      RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr, VARLEN: gl.constexpr,
                      Q_REG_COLS: gl.constexpr):
     _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q, cu_seqlens_k,
               qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total, heads_per_section,
-              num_tiles, window_left, window_right, softcap_scale, 1, BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES,
+              num_tiles, window_left, window_right, softcap_scale, 1, BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES,
               LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN,
               Q_REG_COLS)
 
@@ -450,7 +494,7 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_pt
                          heads_per_section, num_m_blocks, num_heads_total, num_tiles, window_left, window_right,
                          softcap_scale,
                          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                         KV_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
+                         K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
                          SOFTCAP: gl.constexpr, HAS_SINK: gl.constexpr, SCHEDULER: gl.constexpr,
                          RESCALE_THRESHOLD: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                          PRODUCER_REGS: gl.constexpr, POLY_EIGHTHS: gl.constexpr, VARLEN: gl.constexpr,
@@ -460,26 +504,27 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_pt
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HALF_M, HEAD_DIM], dtype)
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     q_smem = gl.allocate_shared_memory(dtype, [2, HALF_M, HEAD_DIM], q_layout)
-    k_smem = gl.allocate_shared_memory(dtype, [KV_STAGES, BLOCK_N, HEAD_DIM], kv_layout)
-    v_smem = gl.allocate_shared_memory(dtype, [KV_STAGES, BLOCK_N, HEAD_DIM], kv_layout)
+    k_smem = gl.allocate_shared_memory(dtype, [K_STAGES, BLOCK_N, HEAD_DIM], kv_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [V_STAGES, BLOCK_N, HEAD_DIM], kv_layout)
     tile_slot = gl.allocate_shared_memory(gl.int32, [128], gl.SwizzledSharedLayout(1, 1, 1, [0]))
 
     q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [KV_STAGES, 1], mbarrier.MBarrierLayout())
-    k_empty = gl.allocate_shared_memory(gl.int64, [KV_STAGES, 1], mbarrier.MBarrierLayout())
-    v_ready = gl.allocate_shared_memory(gl.int64, [KV_STAGES, 1], mbarrier.MBarrierLayout())
-    v_empty = gl.allocate_shared_memory(gl.int64, [KV_STAGES, 1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
     tile_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     tile_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     for w in gl.static_range(2):
         mbarrier.init(q_ready.index(w), count=1)
         mbarrier.init(q_empty.index(w), count=1)
-    for i in gl.static_range(KV_STAGES):
+    # both consumer warpgroups release each K and V slot
+    for i in gl.static_range(K_STAGES):
         mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(v_ready.index(i), count=1)
-        # both consumer warpgroups release each K and V slot
         mbarrier.init(k_empty.index(i), count=2)
+    for i in gl.static_range(V_STAGES):
+        mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(v_empty.index(i), count=2)
     mbarrier.init(tile_ready, count=1)
     mbarrier.init(tile_empty, count=2)
@@ -489,17 +534,17 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_pt
         (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
                      cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
                      heads_per_section, num_tiles, window_left, window_right, softcap_scale, 0, BLOCK_M, BLOCK_N,
-                     HEAD_DIM, KV_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
+                     HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
                      RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
         (_second_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
                             cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads,
                             num_heads_total, heads_per_section, num_tiles, window_left, window_right, softcap_scale,
-                            BLOCK_M, BLOCK_N, HEAD_DIM, KV_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK,
+                            BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK,
                             SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
                      cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total,
                      group_size, heads_per_section, num_tiles, window_left, window_right, BLOCK_M, BLOCK_N,
-                     KV_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SCHEDULER, VARLEN)),
+                     K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SCHEDULER, VARLEN)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -637,9 +682,10 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
         q_desc, k_desc, v_desc, o_desc, out, lse, sink_ptr, cu_q, cu_k, tile_counter, qk_scale,
         seqlen_q, seqlen_k, total_q, nheads, group_size, _heads_per_section(max_k, cfg, group_size),
         num_m_blocks, num_heads_total, num_tiles, window_left, window_right, softcap_scale,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, KV_STAGES=cfg.kv_stages,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, K_STAGES=cfg.k_stages, V_STAGES=cfg.v_stages,
         SOFTCAP=softcap > 0, HAS_SINK=sink is not None, SCHEDULER=_SCHEDULER_IDS[sched],
-        RESCALE_THRESHOLD=cfg.rescale_threshold, Q_REG_COLS=cfg.q_reg_cols, CONSUMER_REGS=cfg.consumer_regs,
+        RESCALE_THRESHOLD=cfg.rescale_threshold, Q_REG_COLS=cfg.q_reg_cols,
+        CONSUMER_REGS=cfg.consumer_regs,
         PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths, VARLEN=varlen, num_warps=4,
         maxnreg=cfg.launch_maxnreg, **mask_flags)
     return out, lse
@@ -662,7 +708,7 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
 
     half_m = cfg.block_m // 2
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim,
-                      KV_STAGES=cfg.kv_stages, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
+                      K_STAGES=cfg.k_stages, V_STAGES=cfg.v_stages, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
                       SOFTCAP=softcap, HAS_SINK=sink, SCHEDULER=_SCHEDULER_IDS[scheduler],
                       RESCALE_THRESHOLD=cfg.rescale_threshold, Q_REG_COLS=cfg.q_reg_cols,
                       CONSUMER_REGS=cfg.consumer_regs,

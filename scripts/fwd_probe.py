@@ -1,0 +1,112 @@
+"""Where does the d=256 forward lose against its GEMM ceiling? (device call helper, issue 4)
+
+    python scripts/fwd_probe.py [variant ...]     variant: base | hot | noload | name=path/to/sm90_fwd_variant.py
+
+Times `sm90_forward` (bf16, 32k tokens, 2048 // d heads: d=256 at 4k and 16k, d=128 and d=64 at 8k; causal
+and not) for variants of the kernel built from its source with one change each, in one process:
+  base      the kernel as shipped
+  name=path another version of sm90_fwd.py (first checked against the reference: d 64/128/256, causal
+            both, ragged and unequal seqlens, GQA)
+  hot       the producer loads K/V block j % 2 instead of j: the same TMA traffic, but always L2 hits
+  noload    the producer arrives on the ready barriers without loading: no K/V traffic at all, same sync
+Timing probes only: `hot` and `noload` compute garbage. While each 16k case runs, nvidia-smi samples the
+SM clock and power, to tell a clock-limited kernel from a stalled one. `noload` multiplies whatever the
+shared memory holds, and tensor-core power depends on the data: compare its TFLOP/s per MHz, not its watts.
+"""
+import importlib
+import pathlib
+import subprocess
+import sys
+
+import torch
+import triton
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SOURCE = (ROOT / "flash256/kernels/sm90_fwd.py").read_text()
+
+LOAD_K = "tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + j * BLOCK_N, kv_h, 0],"
+LOAD_V = "tma.async_copy_global_to_shared(v_desc, [k_batch, k_first + j * BLOCK_N, kv_h, 0],"
+PATCHES = {
+    "hot": [(LOAD_K, LOAD_K.replace("j * BLOCK_N", "(j % 2) * BLOCK_N")),
+            (LOAD_V, LOAD_V.replace("j * BLOCK_N", "(j % 2) * BLOCK_N"))],
+    "noload": [("mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)", "mbarrier.arrive(k_ready.index(stage))"),
+               (LOAD_K + "\n                                            k_ready.index(stage), k_smem.index(stage))", "pass"),
+               ("mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)", "mbarrier.arrive(v_ready.index(stage))"),
+               (LOAD_V + "\n                                            v_ready.index(stage), v_smem.index(stage))", "pass")],
+}
+
+
+def module_for(variant):
+    variant, _, path = variant.partition("=")
+    source = pathlib.Path(path).read_text() if path else SOURCE
+    for old, new in PATCHES.get(variant, []):
+        assert old in source, (variant, old)
+        source = source.replace(old, new)
+    name = f"_probe_{variant.replace('-', '_')}"
+    (ROOT / f"flash256/kernels/{name}.py").write_text(source)
+    return importlib.import_module(f"flash256.kernels.{name}")
+
+
+def sample_clocks(fn, seconds=3.0):
+    smi = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
+                            "-lms", "200"], stdout=subprocess.PIPE, text=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start = torch.cuda.Event(enable_timing=True)
+    start.record()
+    while True:
+        for _ in range(20):
+            fn()
+        end.record()
+        end.synchronize()
+        if start.elapsed_time(end) > seconds * 1e3:
+            break
+    smi.terminate()
+    rows = [tuple(map(float, line.split(","))) for line in smi.communicate()[0].splitlines()[2:] if "," in line]
+    if not rows:
+        return "n/a"
+    return f"{sum(r[0] for r in rows) / len(rows):.0f} MHz {sum(r[1] for r in rows) / len(rows):.0f} W"
+
+
+def check(mod):
+    from flash256.testing import check_against_reference
+    failures = []
+    for d in (256, 128, 64):
+        for causal in (False, True):
+            for sq, sk in ((1000, 1000), (777, 1500), (1500, 777), (64, 4224)):
+                torch.manual_seed(0)
+                q = torch.randn(2, sq, 4, d, device="cuda", dtype=torch.bfloat16)
+                k, v = (torch.randn(2, sk, 2, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+                out, _ = mod.sm90_forward(q, k, v, d ** -0.5, causal)
+                failures += [f"d={d} causal={causal} {sq}x{sk}: {m}"
+                             for m in check_against_reference({"out": out}, q, k, v, causal=causal)]
+    return failures
+
+
+def main(variants):
+    rows = []
+    for variant in variants:
+        mod = module_for(variant)
+        if "=" in variant:
+            failures = check(mod)
+            print(variant, "correct" if not failures else f"WRONG: {failures[:4]}", flush=True)
+        variant = variant.partition("=")[0]
+        for d, seqlen in ((256, 4096), (256, 16384), (128, 8192), (64, 8192)):
+            for causal in (False, True):
+                q, k, v = (torch.randn(32768 // seqlen, seqlen, 2048 // d, d, device="cuda", dtype=torch.bfloat16)
+                           for _ in range(3))
+
+                def fn():
+                    return mod.sm90_forward(q, k, v, d ** -0.5, causal)
+                ms = triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
+                clocks = sample_clocks(fn) if seqlen == 16384 else ""
+                flops = 4 * 32768 * 2048 * seqlen / (2 if causal else 1)
+                rows.append((variant, d, int(causal), seqlen, f"{ms:.3f}", f"{flops / ms / 1e9:.0f}", clocks))
+                print(*rows[-1], flush=True)
+    print("\n| variant | d | causal | seqlen | ms | TFLOP/s | clock, power |\n|---|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(map(str, row)) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["base", "hot", "noload"])

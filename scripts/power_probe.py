@@ -1,0 +1,59 @@
+"""Clock and power while each backend runs (device call helper): is a kernel power-limited?
+
+    python scripts/power_probe.py
+
+d=256, bf16, 8 heads, 32k tokens, 4k and 16k, causal and not, forward and backward, flash256 and cuDNN
+(torch SDPA) in one process: TFLOP/s (do_bench median), then the mean SM clock and board power that
+nvidia-smi reports while the same call runs back to back for 3 s. The H200 caps board power at 700 W;
+a kernel at the cap runs below the 1980 MHz boost clock.
+"""
+import sys
+
+import torch
+import triton
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import flash256  # noqa: E402
+from fwd_probe import sample_clocks  # noqa: E402
+
+
+def call(backend, direction, causal, seqlen):
+    shape = (32768 // seqlen, seqlen, 8, 256)
+    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    if backend == "cudnn":
+        q, k, v = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
+
+        def attn(a, b, c):
+            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+                return torch.nn.functional.scaled_dot_product_attention(a, b, c, is_causal=causal)
+    else:
+        def attn(a, b, c):
+            return flash256.flash_attn_func(a, b, c, causal=causal)
+    if direction == "fwd":
+        def fn():
+            with torch.no_grad():
+                return attn(q, k, v)
+        return fn
+    out = attn(q, k, v)
+    dout = torch.randn_like(out)
+    return lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+
+
+def main():
+    rows = []
+    for direction in ("fwd", "bwd"):
+        for causal in (False, True):
+            for seqlen in (4096, 16384):
+                for backend in ("flash256", "cudnn"):
+                    fn = call(backend, direction, causal, seqlen)
+                    ms = triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
+                    flops = 4 * 32768 * 2048 * seqlen / (2 if causal else 1) * (2.5 if direction == "bwd" else 1)
+                    rows.append((direction, int(causal), seqlen, backend, f"{flops / ms / 1e9:.0f}", sample_clocks(fn)))
+                    print(*rows[-1], flush=True)
+    print("\n| dir | causal | seqlen | backend | TFLOP/s | clock, power |\n|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(map(str, row)) + " |")
+
+
+if __name__ == "__main__":
+    main()
