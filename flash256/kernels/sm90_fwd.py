@@ -136,8 +136,9 @@ class Sm90FwdConfig:
         assert self.register_budget <= REGISTERS_PER_SM, self.describe()
 
 
-# d=256: Q 64 KB + K 2x32 KB + V 2x32 KB = 192 KB (+ barriers). A third K or V stage would need
-# 224 KB and leaves no slack; 128x128 blocks (64 KB per K or V stage) cannot double-buffer.
+# d=256: Q 64 KB + K 2x32 KB + V 2x32 KB = 192 KB (+ barriers). A third K stage fits (224 KB + barriers,
+# 229.7 KB compiled) but measured no gain and spills with a sink; 128x128 blocks (64 KB per K or V stage)
+# cannot double-buffer.
 # Registers/thread: O 128 + S 32 + P 16 = 176 of 240 (FA3's 128x80 tile is not a power of two).
 # q_reg_cols=128 (+32 registers) measured +2-3% from 4k on the H200 but spills 12-20 B with a left
 # window edge or varlen + causal; all 256 columns spill in every case (NOTES.md). Off.
@@ -407,8 +408,10 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
             grow = gl.to_tensor(0)
             ring = (k_smem, v_smem, k_ready, k_empty, v_ready, v_empty)
             rows = (row_start, q_len, k_len, window_left, window_right)
-            if LEFT_BOUNDED or VARLEN or SCHEDULER == 2 or POLY_EIGHTHS > 0:
-                # one loop, the mask a branch in it: the split below keeps more values live and spills here
+            if HEAD_DIM != 256 or LEFT_BOUNDED or VARLEN or SCHEDULER == 2 or POLY_EIGHTHS > 0:
+                # One loop, the mask a branch in it. The split below measured 2-4% slower at d=64 and within
+                # noise at d=128 (H200, 2026-12-02), and it spills where more values stay live (left window
+                # edge, varlen, dynamic scheduler, exp2 emulation).
                 for j in range(lo + 1, hi):
                     kv_iter, o, p, m_i, l_i, grow = _key_block(
                         j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale,
