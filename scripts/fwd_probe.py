@@ -30,10 +30,10 @@ LOAD_V = "tma.async_copy_global_to_shared(v_desc, [k_batch, k_first + j * BLOCK_
 PATCHES = {
     "hot": [(LOAD_K, LOAD_K.replace("j * BLOCK_N", "(j % 2) * BLOCK_N")),
             (LOAD_V, LOAD_V.replace("j * BLOCK_N", "(j % 2) * BLOCK_N"))],
-    "noload": [("mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)", "mbarrier.arrive(k_ready.index(stage))"),
-               (LOAD_K + "\n                                            k_ready.index(stage), k_smem.index(stage))", "pass"),
-               ("mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)", "mbarrier.arrive(v_ready.index(stage))"),
-               (LOAD_V + "\n                                            v_ready.index(stage), v_smem.index(stage))", "pass")],
+    "noload": [(f"mbarrier.expect({x}_ready.index(stage), {x}_desc.block_type.nbytes)",
+                f"mbarrier.arrive({x}_ready.index(stage))") for x in "kv"] +
+              [(load + f"\n{' ' * 44}{x}_ready.index(stage), {x}_smem.index(stage))", "pass")
+               for x, load in (("k", LOAD_K), ("v", LOAD_V))],
 }
 
 

@@ -89,7 +89,7 @@ class Sm90FwdConfig:
 
     @property
     def smem_barriers(self) -> int:
-        # 4 per K/V stage (k/v ready/empty) + 4 for the Q halves (ready/empty) + 2 for the tile id
+        # ready + empty per K stage and per V stage, 4 for the Q halves (ready/empty), 2 for the tile id
         return 8 * (2 * (self.k_stages + self.v_stages) + 4 + 2)
 
     @property
@@ -204,7 +204,8 @@ def _apply_mask(s, row_start, col_start, seqlen_q, seqlen_k, window_left, window
 @gluon.jit
 def _key_block(j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale, masked,
                s_layout: gl.constexpr, p_layout: gl.constexpr, o_rows: gl.constexpr,
-               HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, K_STAGES: gl.constexpr, V_STAGES: gl.constexpr,
+               HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, K_STAGES: gl.constexpr,
+               V_STAGES: gl.constexpr,
                LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
                RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr, Q_REG_COLS: gl.constexpr):
     """Key block j >= lo + 1 of a consumer's loop: issue S_j = Q K_j^T, then O += P_{j-1} V_{j-1}; the
@@ -416,13 +417,14 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
                     kv_iter, o, p, m_i, l_i, grow = _key_block(
                         j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale,
                         (j < unmasked_lo) | (j >= unmasked_hi), s_layout, p_layout, o_rows, HALF_M, BLOCK_N,
-                        HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, RESCALE_THRESHOLD, POLY_EIGHTHS,
+                        HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, RESCALE_THRESHOLD,
+                        POLY_EIGHTHS,
                         Q_REG_COLS)
             else:
                 # Unmasked blocks, then the masked ones (causal diagonal, ragged end) in a second loop, so that
                 # the mask is no branch inside a loop: at the merge after such a branch ptxas waits for every
                 # wgmma in flight, which put PV_{j-1}'s wait above the softmax of S_j (SASS: WARPGROUP.DEPBAR
-                # before the first MUFU.EX2) and lost the intra-warpgroup overlap. H200: +2-3% (NOTES.md).
+                # before the first MUFU.EX2) and lost the intra-warpgroup overlap. H200: +2-7% (NOTES.md).
                 last_unmasked = gl.minimum(gl.maximum(unmasked_hi, lo + 1), hi)
                 for j in range(lo + 1, last_unmasked):
                     kv_iter, o, p, m_i, l_i, grow = _key_block(
@@ -478,7 +480,8 @@ def _second_consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse
                      cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads,
                      num_heads_total, heads_per_section, num_tiles, window_left, window_right, softcap_scale,
                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                     K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
+                     K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
+                     RIGHT_BOUNDED: gl.constexpr,
                      SOFTCAP: gl.constexpr, HAS_SINK: gl.constexpr, SCHEDULER: gl.constexpr,
                      RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr, VARLEN: gl.constexpr,
                      Q_REG_COLS: gl.constexpr):
@@ -497,7 +500,8 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_pt
                          heads_per_section, num_m_blocks, num_heads_total, num_tiles, window_left, window_right,
                          softcap_scale,
                          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                         K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
+                         K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
+                         RIGHT_BOUNDED: gl.constexpr,
                          SOFTCAP: gl.constexpr, HAS_SINK: gl.constexpr, SCHEDULER: gl.constexpr,
                          RESCALE_THRESHOLD: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                          PRODUCER_REGS: gl.constexpr, POLY_EIGHTHS: gl.constexpr, VARLEN: gl.constexpr,
@@ -542,7 +546,8 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_pt
         (_second_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
                             cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads,
                             num_heads_total, heads_per_section, num_tiles, window_left, window_right, softcap_scale,
-                            BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK,
+                            BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP,
+                            HAS_SINK,
                             SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
                      cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total,
@@ -711,7 +716,8 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
 
     half_m = cfg.block_m // 2
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim,
-                      K_STAGES=cfg.k_stages, V_STAGES=cfg.v_stages, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
+                      K_STAGES=cfg.k_stages, V_STAGES=cfg.v_stages, LEFT_BOUNDED=left_bounded,
+                      RIGHT_BOUNDED=bool(causal),
                       SOFTCAP=softcap, HAS_SINK=sink, SCHEDULER=_SCHEDULER_IDS[scheduler],
                       RESCALE_THRESHOLD=cfg.rescale_threshold, Q_REG_COLS=cfg.q_reg_cols,
                       CONSUMER_REGS=cfg.consumer_regs,
