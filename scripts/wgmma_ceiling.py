@@ -40,6 +40,15 @@ def _fill(smem, src, ROWS: gl.constexpr, COLS: gl.constexpr):
 
 
 @gluon.jit
+def _softmax_work(s, m_i):
+    """The online softmax's arithmetic on one score tile (row max, 2 x exp2, row sum), values unused."""
+    m_new = gl.maximum(m_i, gl.max(s, axis=1))
+    alpha = gl.exp2(m_i - m_new)
+    p_f32 = gl.exp2(s * 0.0625 - m_new[:, None])
+    return p_f32, alpha, m_new + gl.sum(p_f32, axis=1) * 1e-30
+
+
+@gluon.jit
 def _loop(q_smem, k_smem, v_smem, out_ptr, iters, WG: gl.constexpr, BLOCK_N: gl.constexpr,
           HEAD_DIM: gl.constexpr, PATTERN: gl.constexpr):
     HALF_M: gl.constexpr = 64
@@ -69,10 +78,7 @@ def _loop(q_smem, k_smem, v_smem, out_ptr, iters, WG: gl.constexpr, BLOCK_N: gl.
             s = warpgroup_mma(q_buf, k_t, zero, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(0, deps=(s, ))
             if PATTERN == 5:
-                m_new = gl.maximum(m_i, gl.max(s, axis=1))
-                alpha = gl.exp2(m_i - m_new)
-                p_f32 = gl.exp2(s * 0.0625 - m_new[:, None])
-                m_i = m_new + gl.sum(p_f32, axis=1) * 1e-30
+                p_f32, alpha, m_i = _softmax_work(s, m_i)
                 o = o * gl.convert_layout(alpha, o_rows)[:, None]
                 p = gl.convert_layout(p_f32.to(dtype), p_layout)
             else:
@@ -84,10 +90,7 @@ def _loop(q_smem, k_smem, v_smem, out_ptr, iters, WG: gl.constexpr, BLOCK_N: gl.
             o = warpgroup_mma(p, v_smem, o, is_async=True)
             s = warpgroup_mma_wait(1, deps=(s, ))
             if PATTERN == 3:
-                m_new = gl.maximum(m_i, gl.max(s, axis=1))
-                alpha = gl.exp2(m_i - m_new)
-                p_f32 = gl.exp2(s * 0.0625 - m_new[:, None])
-                m_i = m_new + gl.sum(p_f32, axis=1) * 1e-30
+                p_f32, alpha, m_i = _softmax_work(s, m_i)
                 o, p = warpgroup_mma_wait(0, deps=(o, p))
                 o = o * gl.convert_layout(alpha, o_rows)[:, None]
                 p = gl.convert_layout(p_f32.to(dtype), p_layout)
