@@ -49,8 +49,9 @@ def _portable_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
 
 def _sm90_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
     """The Gluon forward covers plain, causal, sliding-window, soft-capped attention, learnable sinks
-    and packed (varlen) batches at head_dim 64/128/256 on sm_90, any seqlens (seqlen_q == 1 included
-    since 2026-12-02: the 2026-11-25 failures there went with the integer specialisation; NOTES.md)."""
+    and packed (varlen) batches at head_dim 64/128/256 on sm_90, any seqlens. seqlen_q == 1 came back
+    from the portable kernel on 2026-12-02: the GPU matrix's (1, 1) and (64, 1) cases, which failed on
+    2026-11-25 (before sizes stopped being specialised), pass through the Gluon kernel (NOTES.md)."""
     return (q.device.type == "cuda" and not interpreting()
             and torch.cuda.get_device_capability(q.device) == (9, 0)
             and q.shape[-1] in sm90_fwd.CONFIGS)
