@@ -23,6 +23,7 @@ import triton
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from variants import tflops  # noqa: E402  (scripts/variants.py, beside this file)
 SOURCE = (ROOT / "flash256/kernels/sm90_fwd.py").read_text()
 
 LOAD_K = "tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + j * BLOCK_N, kv_h, 0],"
@@ -100,8 +101,8 @@ def main(variants):
                     return mod.sm90_forward(q, k, v, d ** -0.5, causal)
                 ms = triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
                 clocks = sample_clocks(fn) if seqlen == 16384 else ""
-                flops = 4 * 32768 * 2048 * seqlen / (2 if causal else 1)
-                rows.append((variant, d, int(causal), seqlen, f"{ms:.3f}", f"{flops / ms / 1e9:.0f}", clocks))
+                rate = tflops("fwd", d, causal, seqlen, ms)
+                rows.append((variant, d, int(causal), seqlen, f"{ms:.3f}", f"{rate:.0f}", clocks))
                 print(*rows[-1], flush=True)
     print("\n| variant | d | causal | seqlen | ms | TFLOP/s | clock, power |\n|---|---|---|---|---|---|---|")
     for row in rows:

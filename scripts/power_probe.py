@@ -15,6 +15,7 @@ import triton
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import flash256  # noqa: E402
 from fwd_probe import sample_clocks  # noqa: E402
+from variants import tflops  # noqa: E402
 
 
 def call(backend, direction, causal, seqlen):
@@ -47,8 +48,8 @@ def main():
                 for backend in ("flash256", "cudnn"):
                     fn = call(backend, direction, causal, seqlen)
                     ms = triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
-                    flops = 4 * 32768 * 2048 * seqlen / (2 if causal else 1) * (2.5 if direction == "bwd" else 1)
-                    rows.append((direction, int(causal), seqlen, backend, f"{flops / ms / 1e9:.0f}", sample_clocks(fn)))
+                    rate = tflops(direction, 256, causal, seqlen, ms)
+                    rows.append((direction, int(causal), seqlen, backend, f"{rate:.0f}", sample_clocks(fn)))
                     print(*rows[-1], flush=True)
     print("\n| dir | causal | seqlen | backend | TFLOP/s | clock, power |\n|---|---|---|---|---|---|")
     for row in rows:
