@@ -1,6 +1,7 @@
 """Where does the d=256 forward lose against its GEMM ceiling? (device call helper, issue 4)
 
     python scripts/fwd_probe.py [variant ...]     variant: base | hot | noload | name=path/to/sm90_fwd_variant.py
+    python scripts/fwd_probe.py --long [variant ...]   d=256 non-causal 32k-128k, dynamic scheduler
 
 Times `sm90_forward` (bf16, 32k tokens, 2048 // d heads: d=256 at 4k and 16k, d=128 and d=64 at 8k; causal
 and not) for variants of the kernel built from its source with one change each, in one process:
@@ -69,16 +70,16 @@ def sample_clocks(fn, seconds=3.0):
     return f"{sum(r[0] for r in rows) / len(rows):.0f} MHz {sum(r[1] for r in rows) / len(rows):.0f} W"
 
 
-def check(mod):
+def check(mod, head_dims=(256, 128, 64), scheduler=None):
     from flash256.testing import check_against_reference
     failures = []
-    for d in (256, 128, 64):
+    for d in head_dims:
         for causal in (False, True):
             for sq, sk in ((1000, 1000), (777, 1500), (1500, 777), (64, 4224)):
                 torch.manual_seed(0)
                 q = torch.randn(2, sq, 4, d, device="cuda", dtype=torch.bfloat16)
                 k, v = (torch.randn(2, sk, 2, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-                out, _ = mod.sm90_forward(q, k, v, d ** -0.5, causal)
+                out, _ = mod.sm90_forward(q, k, v, d ** -0.5, causal, scheduler=scheduler)
                 failures += [f"d={d} causal={causal} {sq}x{sk}: {m}"
                              for m in check_against_reference({"out": out}, q, k, v, causal=causal)]
     return failures
@@ -109,5 +110,30 @@ def main(variants):
         print("| " + " | ".join(map(str, row)) + " |")
 
 
+def main_long(variants, rounds=2):
+    """d=256 non-causal at 32k-128k on the dynamic scheduler (the default there), variants interleaved."""
+    modules = {}
+    for variant in variants:
+        modules[variant] = module_for(variant)
+        failures = check(modules[variant], (256, ), "dynamic")
+        print(variant, "correct" if not failures else f"WRONG: {failures[:4]}", flush=True)
+    table = {}
+    for seqlen in (32768, 65536, 131072):
+        q, k, v = (torch.randn(1, seqlen, 8, 256, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        for _ in range(rounds):
+            for variant, mod in modules.items():
+                ms = triton.testing.do_bench(lambda: mod.sm90_forward(q, k, v, 0.0625, False, scheduler="dynamic"),
+                                             warmup=100, rep=500, return_mode="median")
+                table.setdefault(seqlen, {}).setdefault(variant, []).append(tflops("fwd", 256, False, seqlen, ms))
+                print(variant, seqlen, f"{ms:.3f} ms", flush=True)
+    names = [v.partition("=")[0] for v in variants]
+    print("\n| seqlen | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    for seqlen, cells in table.items():
+        print(f"| {seqlen // 1024}k | " + " | ".join("/".join(f"{x:.0f}" for x in cells[v]) for v in variants) + " |")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["base", "hot", "noload"])
+    if sys.argv[1:2] == ["--long"]:
+        main_long(sys.argv[2:] or ["base"])
+    else:
+        main(sys.argv[1:] or ["base", "hot", "noload"])

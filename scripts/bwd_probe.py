@@ -1,0 +1,147 @@
+"""A/B of versions of the sm90 backward in one process, timed like the bench (device call helper, issue 5).
+
+    python scripts/bwd_probe.py [variant ...]      variant: base | name=path/to/sm90_bwd_variant.py
+    python scripts/bwd_probe.py --kernels [variant]  kernel timeline of 24 calls timed as the bench times them
+
+Each variant replaces the dispatcher's sm90 backward, is checked against the fp32 reference (d 256/128/64,
+causal and not, GQA 2:1, ragged seqlens), then timed with the bench's Timer (L2 flushed before every call,
+CUDA events around torch.autograd.grad) on the bench's shapes: bf16, 32k tokens, 2048 // d heads. Per shape, all
+variants run on the same tensors, every variant then cuDNN, twice, so that clock drift and memory placement
+hit them alike.
+"""
+import importlib
+import pathlib
+import sys
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import flash256  # noqa: E402
+from flash256 import dispatch  # noqa: E402
+from flash256.bench.timing import Timer  # noqa: E402
+from flash256.testing import accuracy_check, reference_results  # noqa: E402
+
+SOURCE = (ROOT / "flash256/kernels/sm90_bwd.py").read_text()
+CASES = [(256, c, s) for s in (1024, 4096, 16384) for c in (False, True)] + [(128, c, 8192) for c in (False, True)]
+
+
+def module_for(variant):
+    name, _, path = variant.partition("=")
+    source = pathlib.Path(path).read_text() if path else SOURCE
+    module = f"_probe_bwd_{name}"
+    (ROOT / f"flash256/kernels/{module}.py").write_text(source)
+    return importlib.import_module(f"flash256.kernels.{module}")
+
+
+def use(mod):
+    dispatch.BACKWARD[:] = [impl if impl.name != "sm90" else dispatch.Implementation(
+        "sm90", impl.supports, mod.sm90_backward) for impl in dispatch.BACKWARD]
+
+
+def check():
+    results = []
+    for d, hkv, sq, sk in ((256, 2, 1000, 1000), (256, 1, 300, 777), (128, 2, 1000, 1000), (64, 4, 513, 1000)):
+        for causal in (False, True):
+            torch.manual_seed(d + sq)
+            q = torch.randn(2, sq, 4, d, device="cuda", dtype=torch.bfloat16)
+            k, v = (torch.randn(2, sk, hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+            dout = torch.randn_like(q)
+            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+            out = flash256.flash_attn_func(*leaves, causal=causal)
+            grads = dict(zip(("dq", "dk", "dv"), torch.autograd.grad(out, leaves, dout)))
+            ref32, reflow = reference_results(q, k, v, dout, causal=causal)
+            results += [accuracy_check(n, x, ref32[n], reflow[n]) for n, x in grads.items()]
+    bad = [m for ok, m in results if not ok]
+    return not bad, "; ".join(bad) or f"{len(results)} gradients within bounds"
+
+
+def inputs(d, seqlen, layout):
+    shape = (32768 // seqlen, seqlen, 2048 // d, d)
+    if layout == "bhsd":
+        shape = (shape[0], shape[2], shape[1], d)
+    return [torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
+
+
+def backward_call(d, causal, seqlen, cudnn):
+    q, k, v = inputs(d, seqlen, "bhsd" if cudnn else "bshd")
+    if cudnn:
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    else:
+        out = flash256.flash_attn_func(q, k, v, causal=causal)
+    dout = torch.randn_like(out)
+    call = lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)  # noqa: E731
+    call()
+    return call
+
+
+def tflops(d, causal, seqlen, ms):
+    return 2.5 * 4 * 32768 * 2048 * seqlen / (2 if causal else 1) / ms / 1e9
+
+
+def kernels(variant):
+    """The bench's timed loop under torch.profiler: each call's kernels (start, length, ms from its start event's
+    flush) and the host time per call, against the event-timed median."""
+    import time
+    from torch.profiler import ProfilerActivity, profile
+    use(module_for(variant))
+    timer = Timer("cuda")
+    for causal in (False, True):
+        call = backward_call(256, causal, 4096, False)
+        ms = timer.measure(call, 25, 100).median_ms
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            call()
+        host_ms = (time.perf_counter() - t0) / 3 * 1e3
+        torch.cuda.synchronize()
+        n = 24
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            per_call = timer._run(call, n)
+        gpu = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                     key=lambda e: e.time_range.start)
+        print(f"## d=256 4k causal={causal}: event-timed median {ms:.3f} ms; host {host_ms:.3f} ms per call "
+              f"(3 calls, no sync); {n} profiled calls, event ms: {' '.join(f'{x:.2f}' for x in per_call)}")
+        print("  kernels of profiled calls 1, 2 and the last two (start after the flush's end, us):")
+        flushes = [i for i, e in enumerate(gpu) if "Fill" in e.name] + [len(gpu)]
+        for c in (0, 1, n - 2, n - 1):
+            a, b = flushes[c], flushes[c + 1]
+            t_ref = gpu[a].time_range.end
+            for e in gpu[a:b]:
+                print(f"  call {c:2d} {e.time_range.start - t_ref:9.1f} +{e.time_range.elapsed_us():9.1f}  {e.name[:60]}")
+
+
+def main(variants, rounds=2):
+    print(torch.cuda.get_device_name(), flush=True)
+    modules = {}
+    for variant in variants:
+        modules[variant] = module_for(variant)
+        use(modules[variant])
+        ok, msg = check()
+        print(f"{variant}: {'ok' if ok else 'FAIL'} {msg}", flush=True)
+    timer = Timer("cuda")
+    table = {}
+    for d, causal, seqlen in CASES:
+        # One forward graph for every variant (the backward is dispatched when it runs): same tensors, same
+        # addresses -- separate allocations moved one kernel by up to 8% in the first runs of this script.
+        ours, cudnn = backward_call(d, causal, seqlen, False), backward_call(d, causal, seqlen, True)
+        for r in range(rounds):
+            for variant in [*variants, "cudnn"]:
+                if variant != "cudnn":
+                    use(modules[variant])
+                ms = timer.measure(cudnn if variant == "cudnn" else ours, 25, 200).median_ms
+                table.setdefault((d, causal, seqlen), {}).setdefault(variant, []).append(tflops(d, causal, seqlen, ms))
+                print(variant, d, causal, seqlen, f"round {r}: {ms:.3f} ms", flush=True)
+    print("\nTFLOP/s per round\n| d | causal | seqlen | " + " | ".join(variants) + " | cudnn |\n|---|---|---|"
+          + "---|" * (len(variants) + 1))
+    for (d, causal, seqlen), cells in table.items():
+        print(f"| {d} | {int(causal)} | {seqlen} | "
+              + " | ".join("/".join(f"{x:.0f}" for x in cells[v]) for v in [*variants, "cudnn"]) + " |")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--kernels"]:
+        kernels((sys.argv[2:] or ["base"])[0])
+    else:
+        main(sys.argv[1:] or ["base"])
