@@ -1,7 +1,7 @@
 """Where does the d=256 forward lose against its GEMM ceiling? (device call helper, issue 4)
 
     python scripts/fwd_probe.py [variant ...]     variant: base | hot | noload | name=path/to/sm90_fwd_variant.py
-    python scripts/fwd_probe.py --long [variant ...]   d=256 non-causal 32k-128k, dynamic scheduler
+    python scripts/fwd_probe.py --long [variant ...]   d=256 non-causal: 32k-128k (dynamic scheduler), varlen
 
 Times `sm90_forward` (bf16, 32k tokens, 2048 // d heads: d=256 at 4k and 16k, d=128 and d=64 at 8k; causal
 and not) for variants of the kernel built from its source with one change each, in one process:
@@ -111,7 +111,8 @@ def main(variants):
 
 
 def main_long(variants, rounds=2):
-    """d=256 non-causal at 32k-128k on the dynamic scheduler (the default there), variants interleaved."""
+    """d=256 non-causal at 32k-128k on the dynamic scheduler (the default there) and a packed batch of uneven
+    sequences (32k tokens, single scheduler), variants interleaved."""
     modules = {}
     for variant in variants:
         modules[variant] = module_for(variant)
@@ -124,12 +125,25 @@ def main_long(variants, rounds=2):
             for variant, mod in modules.items():
                 ms = triton.testing.do_bench(lambda: mod.sm90_forward(q, k, v, 0.0625, False, scheduler="dynamic"),
                                              warmup=100, rep=500, return_mode="median")
-                table.setdefault(seqlen, {}).setdefault(variant, []).append(tflops("fwd", 256, False, seqlen, ms))
+                table.setdefault(seqlen, {}).setdefault(variant, []).append(4 * 8 * 256 * seqlen ** 2 / ms / 1e9)
                 print(variant, seqlen, f"{ms:.3f} ms", flush=True)
+    # packed (varlen) batch of uneven sequences, 32k tokens, non-causal, single scheduler
+    lengths = [3000, 5000, 2500, 7000, 4096, 1500, 6000, 3672]
+    cu = torch.tensor([0] + lengths, device="cuda", dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    q, k, v = (torch.randn(1, sum(lengths), 8, 256, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    flops = 4 * 8 * 256 * sum(n * n for n in lengths)
+    for _ in range(rounds):
+        for variant, mod in modules.items():
+            ms = triton.testing.do_bench(lambda: mod.sm90_forward(
+                q, k, v, 0.0625, False, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(lengths),
+                max_seqlen_k=max(lengths)), warmup=100, rep=500, return_mode="median")
+            table.setdefault("varlen", {}).setdefault(variant, []).append(flops / ms / 1e9)
+            print(variant, "varlen", f"{ms:.3f} ms", flush=True)
     names = [v.partition("=")[0] for v in variants]
     print("\n| seqlen | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     for seqlen, cells in table.items():
-        print(f"| {seqlen // 1024}k | " + " | ".join("/".join(f"{x:.0f}" for x in cells[v]) for v in variants) + " |")
+        label = seqlen if seqlen == "varlen" else f"{seqlen // 1024}k"
+        print(f"| {label} | " + " | ".join("/".join(f"{x:.0f}" for x in cells[v]) for v in variants) + " |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Dispatched by default on sm_90 for d = 64/128/256: plain, causal, sliding-window
 attention, learnable sinks and packed (varlen) batches (sm90_rows.py). Measured on
 an H200, 2026-12-01 (BENCHMARKS.md): 84/84 plain/causal and 160/160 window/softcap correctness cases,
 bit-identical reruns, 1.11-1.29x cuDNN at d=256 from 4k. Not yet in `python -m flash256.inspect`'s
-default list: the d=256 dQ kernel spills scalars (4-32 B; 76-100 B under a left window edge; NOTES.md).
+default list: the causal d=256 dQ kernel spills one scalar outside its loops (4-8 B: the shared-memory base
+the wgmma descriptors start from; 20-24 B with causal varlen; NOTES.md).
 
 With S = Q K^T, P = exp(scale S - lse), dP = dO V^T, dS = P * (dP - delta) (delta = rowsum(dO O) - dLSE):
     dV = P^T dO,   dK = scale dS^T Q,   dQ = scale dS K.

@@ -409,10 +409,11 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
             grow = gl.to_tensor(0)
             ring = (k_smem, v_smem, k_ready, k_empty, v_ready, v_empty)
             rows = (row_start, q_len, k_len, window_left, window_right)
-            if HEAD_DIM != 256 or LEFT_BOUNDED or VARLEN or SCHEDULER == 2 or POLY_EIGHTHS > 0:
+            if HEAD_DIM != 256 or LEFT_BOUNDED or (VARLEN and RIGHT_BOUNDED) or POLY_EIGHTHS > 0:
                 # One loop, the mask a branch in it. The split below measured 2-4% slower at d=64 and within
-                # noise at d=128 (H200, 2026-12-02), and it spills where more values stay live (left window
-                # edge, varlen, dynamic scheduler, exp2 emulation).
+                # noise at d=128 (H200, 2026-12-02). A left window edge needs a third loop (masked blocks at
+                # both ends), which spills 24-32 B causal, as the split does with causal varlen; the exp2
+                # emulation's measurements (BENCHMARKS.md) are of this form.
                 for j in range(lo + 1, hi):
                     kv_iter, o, p, m_i, l_i, grow = _key_block(
                         j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale,
@@ -608,8 +609,8 @@ def default_scheduler(cfg: Sm90FwdConfig, seqlen_k: int, causal: bool, window: t
                       has_sink: bool) -> str:
     """"dynamic" where one head's K and V outgrow the L2 section, in plain non-causal attention at d=256:
     one-tile-per-CTA grids then drift apart along the K/V stream and lose L2 reuse (H200, 128k: 599 ->
-    673 TFLOP/s; NOTES.md). "single" everywhere else, where it measured best or level (and where the
-    dynamic kernel would spill: causal, soft cap, sink, d=128)."""
+    673 TFLOP/s; NOTES.md). "single" everywhere else, where it measured best or level (causal 4k-128k,
+    and 4k-32k non-causal; the causal, soft-capped, sink and d=128 builds of the dynamic kernel spilled then)."""
     plain = not causal and window == (-1, -1) and softcap == 0 and not has_sink
     kv_bytes = 2 * seqlen_k * cfg.head_dim * cfg.elem_bytes
     return "dynamic" if plain and cfg.head_dim == 256 and kv_bytes > L2_SECTION_BYTES else "single"
