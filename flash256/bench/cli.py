@@ -146,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fwd-grad", action="store_true",
                    help="time the forward as in training (inputs require grad, autograd records, "
                         "backends save what the backward needs) instead of under torch.no_grad")
-    p.add_argument("--warmup", type=float, default=25.0, help="warm-up time per cell, ms (at least 1 call)")
+    # 250 ms: a power-capped GPU (700 W H100/H200) lowers its clock in steps over the first ~100 ms of
+    # sustained load, so a short warm-up times whichever backend follows a pause at boost clocks (NOTES.md)
+    p.add_argument("--warmup", type=float, default=250.0,
+                   help="warm-up time per cell, ms (at least 1 call); long enough to reach the sustained clock")
     p.add_argument("--rep", type=float, default=100.0,
                    help="timed time per cell, ms: reps = rep / (one call's time), clamped to [min-reps, max-reps]")
     p.add_argument("--min-reps", type=int, default=3, help="fewest timed calls (long seqlens)")
