@@ -2,6 +2,8 @@
 
     python scripts/fwd_probe.py [variant ...]     variant: base | hot | noload | name=path/to/sm90_fwd_variant.py
     python scripts/fwd_probe.py --long [variant ...]   d=256 non-causal: 32k-128k (dynamic scheduler), varlen
+    python scripts/fwd_probe.py --ab [variant ...]     d=256 4k/16k, causal and not
+      (--long, --ab: variants interleaved on the same tensors, two rounds, 250 ms warm-up)
 
 Times `sm90_forward` (bf16, 32k tokens, 2048 // d heads: d=256 at 4k and 16k, d=128 and d=64 at 8k; causal
 and not) for variants of the kernel built from its source with one change each, in one process:
@@ -110,44 +112,56 @@ def main(variants):
         print("| " + " | ".join(map(str, row)) + " |")
 
 
-def main_long(variants, rounds=2):
-    """d=256 non-causal at 32k-128k on the dynamic scheduler (the default there) and a packed batch of uneven
-    sequences (32k tokens, single scheduler), variants interleaved."""
+def _bhsd(batch, seqlen):
+    return [torch.randn(batch, seqlen, 8, 256, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+
+
+def long_cases():
+    """d=256 non-causal at 32k-128k on the dynamic scheduler (the default there), and a packed batch of uneven
+    sequences (32k tokens, one-tile-per-CTA scheduler)."""
+    for seqlen in (32768, 65536, 131072):
+        yield f"{seqlen // 1024}k", _bhsd(1, seqlen), dict(scheduler="dynamic"), 4 * 8 * 256 * seqlen ** 2
+    lengths = [3000, 5000, 2500, 7000, 4096, 1500, 6000, 3672]
+    cu = torch.tensor([0] + lengths, device="cuda", dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    yield ("varlen", _bhsd(1, sum(lengths)), dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(lengths),
+                                                 max_seqlen_k=max(lengths)), 4 * 8 * 256 * sum(n * n for n in lengths))
+
+
+def ab_cases():
+    """d=256 at 4k and 16k (32k tokens), causal and not: the bench's shapes where the default scheduler is "single"."""
+    for seqlen in (4096, 16384):
+        for causal in (False, True):
+            yield (f"{seqlen // 1024}k{' causal' if causal else ''}", _bhsd(32768 // seqlen, seqlen),
+                   dict(causal=causal), 4 * 32768 * 2048 * seqlen / (2 if causal else 1))
+
+
+def interleaved(variants, cases, rounds=2):
+    """Every variant on the same tensors per case, in turn, `rounds` times (clock drift hits all alike);
+    warm-up 250 ms so each timing is at the power-capped sustained clock (NOTES.md)."""
     modules = {}
     for variant in variants:
         modules[variant] = module_for(variant)
-        failures = check(modules[variant], (256, ), "dynamic")
+        failures = check(modules[variant], (256, ), "dynamic") + check(modules[variant], (256, ))
         print(variant, "correct" if not failures else f"WRONG: {failures[:4]}", flush=True)
     table = {}
-    for seqlen in (32768, 65536, 131072):
-        q, k, v = (torch.randn(1, seqlen, 8, 256, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    for label, (q, k, v), options, flops in cases:
+        options = {"causal": False, **options}
         for _ in range(rounds):
             for variant, mod in modules.items():
-                ms = triton.testing.do_bench(lambda: mod.sm90_forward(q, k, v, 0.0625, False, scheduler="dynamic"),
-                                             warmup=100, rep=500, return_mode="median")
-                table.setdefault(seqlen, {}).setdefault(variant, []).append(4 * 8 * 256 * seqlen ** 2 / ms / 1e9)
-                print(variant, seqlen, f"{ms:.3f} ms", flush=True)
-    # packed (varlen) batch of uneven sequences, 32k tokens, non-causal, single scheduler
-    lengths = [3000, 5000, 2500, 7000, 4096, 1500, 6000, 3672]
-    cu = torch.tensor([0] + lengths, device="cuda", dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    q, k, v = (torch.randn(1, sum(lengths), 8, 256, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    flops = 4 * 8 * 256 * sum(n * n for n in lengths)
-    for _ in range(rounds):
-        for variant, mod in modules.items():
-            ms = triton.testing.do_bench(lambda: mod.sm90_forward(
-                q, k, v, 0.0625, False, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(lengths),
-                max_seqlen_k=max(lengths)), warmup=100, rep=500, return_mode="median")
-            table.setdefault("varlen", {}).setdefault(variant, []).append(flops / ms / 1e9)
-            print(variant, "varlen", f"{ms:.3f} ms", flush=True)
+                ms = triton.testing.do_bench(lambda: mod.sm90_forward(q, k, v, 0.0625, **options),
+                                             warmup=250, rep=500, return_mode="median")
+                table.setdefault(label, {}).setdefault(variant, []).append(flops / ms / 1e9)
+                print(variant, label, f"{ms:.3f} ms", flush=True)
     names = [v.partition("=")[0] for v in variants]
-    print("\n| seqlen | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
-    for seqlen, cells in table.items():
-        label = seqlen if seqlen == "varlen" else f"{seqlen // 1024}k"
+    print("\nTFLOP/s per round\n| case | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    for label, cells in table.items():
         print(f"| {label} | " + " | ".join("/".join(f"{x:.0f}" for x in cells[v]) for v in variants) + " |")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--long"]:
-        main_long(sys.argv[2:] or ["base"])
+        interleaved(sys.argv[2:] or ["base"], long_cases())
+    elif sys.argv[1:2] == ["--ab"]:
+        interleaved(sys.argv[2:] or ["base"], ab_cases())
     else:
         main(sys.argv[1:] or ["base", "hot", "noload"])
