@@ -741,9 +741,8 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
 def inspect_cases(arch: int = 90, schedulers: tuple[str, ...] = ("single", )):
     """Shipped configurations for `python -m flash256.inspect`, compiled for sm_90a without a GPU.
 
-    The "single" scheduler, and "dynamic" where default_scheduler picks it: elsewhere the persistent ones
-    ("static", "dynamic") still keep a few loop-invariant scalars in local memory (see NOTES.md); pass
-    schedulers=SCHEDULERS to see them.
+    The "single" scheduler, and "dynamic" where default_scheduler picks it; schedulers=SCHEDULERS adds the
+    persistent ones everywhere (spill-free too since the masks stopped keeping column indices live, NOTES.md).
     exp2 emulation variants (2 and 4 eighths on the FMA pipe) show MUFU.EX2 falling, FFMA rising.
     """
     from .compile_target import InspectCase
