@@ -71,8 +71,8 @@ class Sm90FwdConfig:
     # rescale O only when some row of the warpgroup grew by more; 0 = rescale every block.
     rescale_threshold: float = 0.0
     # Head-dim columns of each warpgroup's Q held in registers as the A operand of QK^T (an RS wgmma
-    # over those columns, SS over the rest), to spare shared-memory reads; 0 = all SS. Measured at d=256:
-    # +2-3% with 128, so shared-memory bandwidth is not what binds the kernel (NOTES.md). Off everywhere.
+    # over those columns, SS over the rest), to spare shared-memory reads (and their energy); 0 = all SS.
+    # On at d=256 (128 columns); d=128 with all of Q measured 0 to -3% (NOTES.md).
     q_reg_cols: int = 0
     consumer_regs: int = 240  # setmaxnreg for each consumer warpgroup
     producer_regs: int = 24  # setmaxnreg for the producer warp (rounded up to a warpgroup)
@@ -139,10 +139,11 @@ class Sm90FwdConfig:
 # d=256: Q 64 KB + K 2x32 KB + V 2x32 KB = 192 KB (+ barriers). A third K stage fits (224 KB + barriers,
 # 229.7 KB compiled) but measured no gain and spills with a sink; 128x128 blocks (64 KB per K or V stage)
 # cannot double-buffer.
-# Registers/thread: O 128 + S 32 + P 16 = 176 of 240 (FA3's 128x80 tile is not a power of two).
-# q_reg_cols=128 (+32 registers) measured +2-3% from 4k on the H200 but spills 12-20 B with a left
-# window edge or varlen + causal; all 256 columns spill in every case (NOTES.md). Off.
-CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, k_stages=2, v_stages=2)
+# Registers/thread: O 128 + S 32 + P 16 + Q 32 (q_reg_cols=128) = 208 of 240 (FA3's 128x80 tile is not a
+# power of two). Half of Q in registers spares 16 KB of shared-memory reads per warpgroup and key block:
+# +2-6% on the H200 with the split key loops (NOTES.md); it spilled before the masks stopped keeping column
+# indices live. All 256 columns spill.
+CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, k_stages=2, v_stages=2, q_reg_cols=128)
 # d=128: Q 32 KB + K 2x32 KB + V 2x32 KB = 160 KB. Registers: O 64 + S 64 + P 32 = 160.
 CONFIG_D128 = Sm90FwdConfig(head_dim=128, block_n=128, k_stages=2, v_stages=2)
 # d=64: Q 16 KB + K 3x16 KB + V 3x16 KB = 112 KB. Registers: O 32 + S 64 + P 32 = 128.
