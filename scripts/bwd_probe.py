@@ -21,6 +21,7 @@ import flash256  # noqa: E402
 from flash256 import dispatch  # noqa: E402
 from flash256.bench.timing import Timer  # noqa: E402
 from flash256.testing import accuracy_check, reference_results  # noqa: E402
+from variants import tflops  # noqa: E402  (scripts/variants.py, beside this file)
 
 SOURCE = (ROOT / "flash256/kernels/sm90_bwd.py").read_text()
 CASES = [(256, c, s) for s in (1024, 4096, 16384) for c in (False, True)] + [(128, c, 8192) for c in (False, True)]
@@ -76,10 +77,6 @@ def backward_call(d, causal, seqlen, cudnn):
     return call
 
 
-def tflops(d, causal, seqlen, ms):
-    return 2.5 * 4 * 32768 * 2048 * seqlen / (2 if causal else 1) / ms / 1e9
-
-
 def kernels(variant):
     """The bench's timed loop under torch.profiler: each call's kernels (start, length, ms from its start event's
     flush) and the host time per call, against the event-timed median."""
@@ -109,7 +106,8 @@ def kernels(variant):
             a, b = flushes[c], flushes[c + 1]
             t_ref = gpu[a].time_range.end
             for e in gpu[a:b]:
-                print(f"  call {c:2d} {e.time_range.start - t_ref:9.1f} +{e.time_range.elapsed_us():9.1f}  {e.name[:60]}")
+                start, length = e.time_range.start - t_ref, e.time_range.elapsed_us()
+                print(f"  call {c:2d} {start:9.1f} +{length:9.1f}  {e.name[:60]}")
 
 
 def main(variants, rounds=2):
@@ -130,8 +128,10 @@ def main(variants, rounds=2):
             for variant in [*variants, "cudnn"]:
                 if variant != "cudnn":
                     use(modules[variant])
-                ms = timer.measure(cudnn if variant == "cudnn" else ours, 25, 200).median_ms
-                table.setdefault((d, causal, seqlen), {}).setdefault(variant, []).append(tflops(d, causal, seqlen, ms))
+                # 250 ms warm-up: timed at the power-capped sustained clock (NOTES.md), as the bench does
+                ms = timer.measure(cudnn if variant == "cudnn" else ours, 250, 200).median_ms
+                rate = tflops("bwd", d, causal, seqlen, ms)
+                table.setdefault((d, causal, seqlen), {}).setdefault(variant, []).append(rate)
                 print(variant, d, causal, seqlen, f"round {r}: {ms:.3f} ms", flush=True)
     print("\nTFLOP/s per round\n| d | causal | seqlen | " + " | ".join(variants) + " | cudnn |\n|---|---|---|"
           + "---|" * (len(variants) + 1))

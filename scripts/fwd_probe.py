@@ -112,7 +112,7 @@ def main(variants):
         print("| " + " | ".join(map(str, row)) + " |")
 
 
-def _bhsd(batch, seqlen):
+def _bshd(batch, seqlen):
     return [torch.randn(batch, seqlen, 8, 256, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
 
 
@@ -120,10 +120,10 @@ def long_cases():
     """d=256 non-causal at 32k-128k on the dynamic scheduler (the default there), and a packed batch of uneven
     sequences (32k tokens, one-tile-per-CTA scheduler)."""
     for seqlen in (32768, 65536, 131072):
-        yield f"{seqlen // 1024}k", _bhsd(1, seqlen), dict(scheduler="dynamic"), 4 * 8 * 256 * seqlen ** 2
+        yield f"{seqlen // 1024}k", _bshd(1, seqlen), dict(scheduler="dynamic"), 4 * 8 * 256 * seqlen ** 2
     lengths = [3000, 5000, 2500, 7000, 4096, 1500, 6000, 3672]
     cu = torch.tensor([0] + lengths, device="cuda", dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    yield ("varlen", _bhsd(1, sum(lengths)), dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(lengths),
+    yield ("varlen", _bshd(1, sum(lengths)), dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(lengths),
                                                  max_seqlen_k=max(lengths)), 4 * 8 * 256 * sum(n * n for n in lengths))
 
 
@@ -131,7 +131,7 @@ def ab_cases():
     """d=256 at 4k and 16k (32k tokens), causal and not: the bench's shapes where the default scheduler is "single"."""
     for seqlen in (4096, 16384):
         for causal in (False, True):
-            yield (f"{seqlen // 1024}k{' causal' if causal else ''}", _bhsd(32768 // seqlen, seqlen),
+            yield (f"{seqlen // 1024}k{' causal' if causal else ''}", _bshd(32768 // seqlen, seqlen),
                    dict(causal=causal), 4 * 32768 * 2048 * seqlen / (2 if causal else 1))
 
 
