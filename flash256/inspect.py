@@ -4,8 +4,9 @@ registers, spills, shared memory and SASS opcode counts.
     python -m flash256.inspect [--arch sm90] [--json] [--kernel SUBSTR] [--sass-dir DIR]
 
 Each module named in KERNEL_MODULES (under flash256.kernels) provides
-`inspect_cases(arch: int) -> list[InspectCase]`. Exit status 1 if any configuration spills,
-exceeds shared memory, fails to compile, or a kernel module fails to import.
+`inspect_cases(arch: int) -> list[InspectCase]`. Exit status 1 if any configuration spills (beyond the
+few bytes a case may declare as known, with its reason), exceeds shared memory, fails to compile, or a
+kernel module fails to import.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import time
 
 from flash256.kernels.compile_target import InspectCase, dump_sass, problems, sass_stats
 
-KERNEL_MODULES = ("portable_fwd", "portable_bwd", "sm90_fwd")
+KERNEL_MODULES = ("portable_fwd", "portable_bwd", "sm90_fwd", "sm90_bwd")
 
 # (JSON field, table header) in display order
 COLUMNS = (
@@ -105,7 +106,7 @@ def inspect_case(case: InspectCase, arch: int, sass_dir: str | None = None) -> d
     if sass_dir:
         write_sass(sass_dir, case, sass)
     row["arch"] = row.pop("sass_arch") or row["arch"]
-    row["problems"] = problems(row, arch)
+    row["problems"] = problems(row, arch, case.spill_budget)
     row["ok"] = not row["problems"]
     return row
 

@@ -47,6 +47,8 @@ class InspectCase:
     kernel: str
     config: str
     compile: Callable[[], "triton.compiler.CompiledKernel"]
+    # Spill bytes (stores + loads) a configuration is known to need, with the reason in `config`; more fails.
+    spill_budget: int = 0
 
 
 # --------------------------------------------------------------------------- compiling
@@ -326,11 +328,12 @@ def sass_stats(compiled, sass: str | None = None) -> dict:
     return stats
 
 
-def problems(stats: Mapping, arch: int) -> list[str]:
-    """Why a configuration is not fit to run on sm_<arch> (empty list: fine)."""
+def problems(stats: Mapping, arch: int, spill_budget: int = 0) -> list[str]:
+    """Why a configuration is not fit to run on sm_<arch> (empty list: fine); spill_budget: InspectCase's."""
     out = []
-    if stats["spill_bytes"]:
-        out.append(f"spills {stats['spill_stores']} B stores + {stats['spill_loads']} B loads")
+    if stats["spill_bytes"] > spill_budget:
+        out.append(f"spills {stats['spill_stores']} B stores + {stats['spill_loads']} B loads"
+                   + (f" (known: {spill_budget} B)" if spill_budget else ""))
     limit = MAX_SHARED_BYTES.get(arch)
     if limit is not None and stats["shared"] > limit:
         out.append(f"shared memory {stats['shared']} B > {limit} B")

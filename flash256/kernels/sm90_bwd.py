@@ -3,9 +3,9 @@
 Dispatched by default on sm_90 for d = 64/128/256: plain, causal, sliding-window and soft-capped
 attention, learnable sinks and packed (varlen) batches (sm90_rows.py). Measured on
 an H200, 2026-12-01 (BENCHMARKS.md): 84/84 plain/causal and 160/160 window/softcap correctness cases,
-bit-identical reruns, 1.11-1.29x cuDNN at d=256 from 4k. Not yet in `python -m flash256.inspect`'s
-default list: the causal d=256 dQ kernel spills one scalar outside its loops (4-8 B: the shared-memory base
-the wgmma descriptors start from; 20-24 B with causal varlen; NOTES.md).
+bit-identical reruns, 1.11-1.29x cuDNN at d=256 from 4k. In `python -m flash256.inspect`'s default list; the
+d=256 dQ kernel spills a few scalars (12-36 B causal, with a window or packed, none plain non-causal: the
+shared-memory base the wgmma descriptors start from, and bounds), declared in DQ_D256_KNOWN_SPILL_BYTES.
 
 With S = Q K^T, P = exp(scale S - lse), dP = dO V^T, dS = P * (dP - delta) (delta = rowsum(dO O) - dLSE):
     dV = P^T dO,   dK = scale dS^T Q,   dQ = scale dS K.
@@ -861,17 +861,31 @@ def compile_dq(cfg: Sm90BwdDqConfig, causal: bool, dtype: torch.dtype = torch.bf
                          maxnreg=cfg.launch_maxnreg)
 
 
+# Spill bytes (stores + loads) the d=256 dQ kernel is known to need, by (causal, window + soft cap, varlen):
+# scalars ptxas parks in local memory -- the shared-memory base of the wgmma descriptors, and with a window
+# edge or packed sequences a few of their bounds (NOTES.md). `python -m flash256.inspect` fails above these.
+DQ_D256_KNOWN_SPILL_BYTES = {(True, False, False): 12, (True, True, False): 20, (False, False, True): 20,
+                             (True, False, True): 36}
+
+
 def inspect_cases(arch: int = 90):
-    """Every shipped configuration, causal and not, bf16, compiled for sm_90a without a GPU."""
+    """Every shipped configuration, causal and not, bf16, compiled for sm_90a without a GPU; at d=256 also
+    Gemma's layer (causal sliding window with a soft cap) and packed sequences."""
     from .compile_target import InspectCase
     if arch != 90:
         return []
+    options = [(causal, False, False) for causal in (False, True)]
     cases = []
     for head_dim in sorted(DKDV_CONFIGS, reverse=True):
-        for causal in (False, True):
-            dkdv_cfg, dq_cfg = DKDV_CONFIGS[head_dim], DQ_CONFIGS[head_dim]
-            cases.append(InspectCase("sm90_bwd_dkdv", f"{dkdv_cfg.describe()} causal={causal}",
-                                     lambda c=dkdv_cfg, causal=causal: compile_dkdv(c, causal)))
-            cases.append(InspectCase("sm90_bwd_dq", f"{dq_cfg.describe()} causal={causal}",
-                                     lambda c=dq_cfg, causal=causal: compile_dq(c, causal)))
+        dkdv_cfg, dq_cfg = DKDV_CONFIGS[head_dim], DQ_CONFIGS[head_dim]
+        extra = [(True, True, False), (False, False, True), (True, False, True)] if head_dim == 256 else []
+        for causal, window, varlen in options + extra:
+            what = f"causal={causal}" + (" window=(L,0) softcap" if window else "") + (" varlen" if varlen else "")
+            kwargs = dict(causal=causal, left_bounded=window, softcap=window, varlen=varlen)
+            cases.append(InspectCase("sm90_bwd_dkdv", f"{dkdv_cfg.describe()} {what}",
+                                     lambda c=dkdv_cfg, kw=kwargs: compile_dkdv(c, **kw)))
+            budget = DQ_D256_KNOWN_SPILL_BYTES.get((causal, window, varlen), 0) if head_dim == 256 else 0
+            cases.append(InspectCase("sm90_bwd_dq", f"{dq_cfg.describe()} {what}"
+                                     + (f" known_spill={budget}B" if budget else ""),
+                                     lambda c=dq_cfg, kw=kwargs: compile_dq(c, **kw), budget))
     return cases
