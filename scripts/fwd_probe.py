@@ -3,7 +3,9 @@
     python scripts/fwd_probe.py [variant ...]     variant: base | hot | noload | name=path/to/sm90_fwd_variant.py
     python scripts/fwd_probe.py --long [variant ...]   d=256 non-causal: 32k-128k (dynamic scheduler), varlen
     python scripts/fwd_probe.py --ab [variant ...]     d=256 4k/16k, causal and not
-      (--long, --ab: variants interleaved on the same tensors, two rounds, 250 ms warm-up)
+    python scripts/fwd_probe.py --window [variant ...] d=256 causal sliding windows (Gemma 2/3 layers)
+      (--long, --ab, --window: variants interleaved on the same tensors, two rounds, 250 ms warm-up;
+       q0 = the kernel without Q in registers, left3 = the split key loops with a window's left edge too)
 
 Times `sm90_forward` (bf16, 32k tokens, 2048 // d heads: d=256 at 4k and 16k, d=128 and d=64 at 8k; causal
 and not) for variants of the kernel built from its source with one change each, in one process:
@@ -38,6 +40,24 @@ PATCHES = {
                 f"mbarrier.arrive({x}_ready.index(stage))") for x in "kv"] +
               [(load + f"\n{' ' * 44}{x}_ready.index(stage), {x}_smem.index(stage))", "pass")
                for x, load in (("k", LOAD_K), ("v", LOAD_V))],
+    # d=256 without Q in registers
+    "q0": [("CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, k_stages=2, v_stages=2, q_reg_cols=128)",
+            "CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, k_stages=2, v_stages=2)")],
+    # the split key loops with a left window edge too: masked edge blocks, unmasked, masked (spills 24-32 B
+    # outside the loops, causal; NOTES.md)
+    "left3": [("if HEAD_DIM != 256 or LEFT_BOUNDED or (VARLEN and RIGHT_BOUNDED) or POLY_EIGHTHS > 0:",
+               "if HEAD_DIM != 256 or (VARLEN and RIGHT_BOUNDED) or POLY_EIGHTHS > 0:"),
+              ("""                last_unmasked = gl.minimum(gl.maximum(unmasked_hi, lo + 1), hi)
+                for j in range(lo + 1, last_unmasked):""",
+               """                first_unmasked = gl.minimum(gl.maximum(unmasked_lo, lo + 1), hi)
+                last_unmasked = gl.minimum(gl.maximum(unmasked_hi, first_unmasked), hi)
+                if LEFT_BOUNDED:
+                    for j in range(lo + 1, first_unmasked):
+                        kv_iter, o, p, m_i, l_i, grow = _key_block(
+                            j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale,
+                            True, s_layout, p_layout, o_rows, HALF_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES,
+                            LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, RESCALE_THRESHOLD, POLY_EIGHTHS, Q_REG_COLS)
+                for j in range(first_unmasked, last_unmasked):""")],
 }
 
 
@@ -72,7 +92,7 @@ def sample_clocks(fn, seconds=3.0):
     return f"{sum(r[0] for r in rows) / len(rows):.0f} MHz {sum(r[1] for r in rows) / len(rows):.0f} W"
 
 
-def check(mod, head_dims=(256, 128, 64), scheduler=None):
+def check(mod, head_dims=(256, 128, 64), scheduler=None, window=(-1, -1), softcap=0.0):
     from flash256.testing import check_against_reference
     failures = []
     for d in head_dims:
@@ -81,9 +101,10 @@ def check(mod, head_dims=(256, 128, 64), scheduler=None):
                 torch.manual_seed(0)
                 q = torch.randn(2, sq, 4, d, device="cuda", dtype=torch.bfloat16)
                 k, v = (torch.randn(2, sk, 2, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-                out, _ = mod.sm90_forward(q, k, v, d ** -0.5, causal, scheduler=scheduler)
-                failures += [f"d={d} causal={causal} {sq}x{sk}: {m}"
-                             for m in check_against_reference({"out": out}, q, k, v, causal=causal)]
+                out, _ = mod.sm90_forward(q, k, v, d ** -0.5, causal, window, softcap, scheduler=scheduler)
+                failures += [f"d={d} causal={causal} window={window} softcap={softcap} {sq}x{sk}: {m}"
+                             for m in check_against_reference({"out": out}, q, k, v, causal=causal, window_size=window,
+                                                              softcap=softcap)]
     return failures
 
 
@@ -135,13 +156,24 @@ def ab_cases():
                    dict(causal=causal), 4 * 32768 * 2048 * seqlen / (2 if causal else 1))
 
 
+def window_cases():
+    """d=256 causal sliding windows (32k tokens): Gemma 3's local layers (1024, no soft cap) at 8k and 16k,
+    Gemma 2's (4096, soft cap 50) at 16k."""
+    for seqlen, window, softcap in ((8192, 1024, 0.0), (16384, 1024, 0.0), (16384, 4096, 50.0)):
+        pairs = sum(min(i + 1, window + 1) for i in range(seqlen))  # visible (query, key) pairs per head
+        yield (f"{seqlen // 1024}k w{window}" + (" cap" if softcap else ""), _bshd(32768 // seqlen, seqlen),
+               dict(causal=True, window=(window, 0), softcap=softcap), 4 * (32768 // seqlen) * 8 * 256 * pairs)
+
+
 def interleaved(variants, cases, rounds=2):
     """Every variant on the same tensors per case, in turn, `rounds` times (clock drift hits all alike);
     warm-up 250 ms so each timing is at the power-capped sustained clock (NOTES.md)."""
     modules = {}
     for variant in variants:
         modules[variant] = module_for(variant)
-        failures = check(modules[variant], (256, ), "dynamic") + check(modules[variant], (256, ))
+        failures = (check(modules[variant], (256, ), "dynamic") + check(modules[variant], (256, ))
+                    + check(modules[variant], (256, ), window=(300, 0)) + check(modules[variant], (256, ),
+                                                                              window=(200, 100), softcap=20.0))
         print(variant, "correct" if not failures else f"WRONG: {failures[:4]}", flush=True)
     table = {}
     for label, (q, k, v), options, flops in cases:
@@ -163,5 +195,7 @@ if __name__ == "__main__":
         interleaved(sys.argv[2:] or ["base"], long_cases())
     elif sys.argv[1:2] == ["--ab"]:
         interleaved(sys.argv[2:] or ["base"], ab_cases())
+    elif sys.argv[1:2] == ["--window"]:
+        interleaved(sys.argv[2:] or ["base"], window_cases())
     else:
         main(sys.argv[1:] or ["base", "hot", "noload"])
