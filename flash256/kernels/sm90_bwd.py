@@ -4,7 +4,7 @@ Dispatched by default on sm_90 for d = 64/128/256: plain, causal, sliding-window
 attention, learnable sinks and packed (varlen) batches (sm90_rows.py). Measured on
 an H200, 2026-12-01 (BENCHMARKS.md): 84/84 plain/causal and 160/160 window/softcap correctness cases,
 bit-identical reruns, 1.11-1.29x cuDNN at d=256 from 4k. In `python -m flash256.inspect`'s default list; the
-d=256 dQ kernel spills a few scalars (12-36 B causal, with a window or packed, none plain non-causal: the
+d=256 dQ kernel spills a few scalars (none plain non-causal; 12-36 B causal, with a window or packed: the
 shared-memory base the wgmma descriptors start from, and bounds), declared in DQ_D256_KNOWN_SPILL_BYTES.
 
 With S = Q K^T, P = exp(scale S - lse), dP = dO V^T, dS = P * (dP - delta) (delta = rowsum(dO O) - dLSE):
