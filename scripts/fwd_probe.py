@@ -123,7 +123,7 @@ def main(variants):
 
                 def fn():
                     return mod.sm90_forward(q, k, v, d ** -0.5, causal)
-                ms = triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
+                ms = triton.testing.do_bench(fn, warmup=250, rep=300, return_mode="median")
                 clocks = sample_clocks(fn) if seqlen == 16384 else ""
                 rate = tflops("fwd", d, causal, seqlen, ms)
                 rows.append((variant, d, int(causal), seqlen, f"{ms:.3f}", f"{rate:.0f}", clocks))
