@@ -420,8 +420,7 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
                         j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale,
                         (j < unmasked_lo) | (j >= unmasked_hi), s_layout, p_layout, o_rows, HALF_M, BLOCK_N,
                         HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, RESCALE_THRESHOLD,
-                        POLY_EIGHTHS,
-                        Q_REG_COLS)
+                        POLY_EIGHTHS, Q_REG_COLS)
             else:
                 # Unmasked blocks, then the masked ones (causal diagonal, ragged end) in a second loop, so that
                 # the mask is no branch inside a loop: at the merge after such a branch ptxas waits for every
