@@ -1,6 +1,6 @@
 """A/B of versions of the sm90 backward in one process, timed like the bench (device call helper, issue 5).
 
-    python scripts/bwd_probe.py [variant ...]      variant: base | name=path/to/sm90_bwd_variant.py
+    python scripts/bwd_probe.py [--dims 128,64] [variant ...]  variant: base | name=path/to/sm90_bwd_variant.py
     python scripts/bwd_probe.py --kernels [variant]  kernel timeline of 24 calls timed as the bench times them
 
 Each variant replaces the dispatcher's sm90 backward, is checked against the fp32 reference (d 256/128/64,
@@ -24,7 +24,8 @@ from flash256.testing import accuracy_check, reference_results  # noqa: E402
 from variants import tflops  # noqa: E402  (scripts/variants.py, beside this file)
 
 SOURCE = (ROOT / "flash256/kernels/sm90_bwd.py").read_text()
-CASES = [(256, c, s) for s in (1024, 4096, 16384) for c in (False, True)] + [(128, c, 8192) for c in (False, True)]
+CASES = ([(256, c, s) for s in (1024, 4096, 16384) for c in (False, True)]
+         + [(d, c, s) for d in (128, 64) for s in (2048, 8192) for c in (False, True)])
 
 
 def module_for(variant):
@@ -144,4 +145,9 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--kernels"]:
         kernels((sys.argv[2:] or ["base"])[0])
     else:
-        main(sys.argv[1:] or ["base"])
+        argv = sys.argv[1:]
+        if argv[:1] == ["--dims"]:  # time only these head dims
+            dims = {int(d) for d in argv[1].split(",")}
+            CASES[:] = [case for case in CASES if case[0] in dims]
+            argv = argv[2:]
+        main(argv or ["base"])

@@ -3,9 +3,11 @@
     python scripts/fwd_probe.py [variant ...]     variant: base | hot | noload | name=path/to/sm90_fwd_variant.py
     python scripts/fwd_probe.py --long [variant ...]   d=256 non-causal: 32k-128k (dynamic scheduler), varlen
     python scripts/fwd_probe.py --ab [variant ...]     d=256 4k/16k, causal and not
+    python scripts/fwd_probe.py --short [variant ...]  d=256 1k-8k non-causal, 1k-2k causal
     python scripts/fwd_probe.py --window [variant ...] d=256 causal sliding windows (Gemma 2/3 layers)
-      (--long, --ab, --window: variants interleaved on the same tensors, two rounds, 250 ms warm-up;
-       q0 = the kernel without Q in registers, left3 = the split key loops with a window's left edge too)
+      (--long, --ab, --short, --window: variants interleaved on the same tensors, two rounds, 250 ms warm-up;
+       q0 = the kernel without Q in registers, left3 = the split key loops with a window's left edge too,
+       static = the static persistent scheduler where "single" is the default)
 
 Times `sm90_forward` (bf16, 32k tokens, 2048 // d heads: d=256 at 4k and 16k, d=128 and d=64 at 8k; causal
 and not) for variants of the kernel built from its source with one change each, in one process:
@@ -43,6 +45,8 @@ PATCHES = {
     # d=256 without Q in registers
     "q0": [("CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, k_stages=2, v_stages=2, q_reg_cols=128)",
             "CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, k_stages=2, v_stages=2)")],
+    # the static persistent scheduler where "single" is the default
+    "static": [('kv_bytes > L2_SECTION_BYTES else "single"', 'kv_bytes > L2_SECTION_BYTES else "static"')],
     # the split key loops with a left window edge too: masked edge blocks, unmasked, masked (spills 24-32 B
     # outside the loops, causal; NOTES.md)
     "left3": [("if HEAD_DIM != 256 or LEFT_BOUNDED or (VARLEN and RIGHT_BOUNDED) or POLY_EIGHTHS > 0:",
@@ -156,6 +160,13 @@ def ab_cases():
                    dict(causal=causal), 4 * 32768 * 2048 * seqlen / (2 if causal else 1))
 
 
+def short_cases():
+    """d=256 at 1k-8k (32k tokens), non-causal, and causal at 1k-2k: where per-tile start-up weighs most."""
+    for seqlen, causal in ((1024, False), (2048, False), (4096, False), (8192, False), (1024, True), (2048, True)):
+        yield (f"{seqlen // 1024}k{' causal' if causal else ''}", _bshd(32768 // seqlen, seqlen),
+               dict(causal=causal), 4 * 32768 * 2048 * seqlen / (2 if causal else 1))
+
+
 def window_cases():
     """d=256 causal sliding windows (32k tokens): Gemma 3's local layers (1024, no soft cap) at 8k and 16k,
     Gemma 2's (4096, soft cap 50) at 16k."""
@@ -195,6 +206,8 @@ if __name__ == "__main__":
         interleaved(sys.argv[2:] or ["base"], long_cases())
     elif sys.argv[1:2] == ["--ab"]:
         interleaved(sys.argv[2:] or ["base"], ab_cases())
+    elif sys.argv[1:2] == ["--short"]:
+        interleaved(sys.argv[2:] or ["base"], short_cases())
     elif sys.argv[1:2] == ["--window"]:
         interleaved(sys.argv[2:] or ["base"], window_cases())
     else:

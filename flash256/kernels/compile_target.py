@@ -298,10 +298,13 @@ def sass_stats(compiled, sass: str | None = None) -> dict:
     hgmma, mufu_ex2, ffma, frnd, f2i, ldl, stl : instruction counts in the SASS (static, all
                     functions of the cubin); frnd_f2i = frnd + f2i
     ex2_under_wgmma : see ex2_under_wgmma (0 for kernels without async wgmma)
+    wgmma_serialized : ptxas reported (C7512) that it made every wgmma wait for the previous one (it does so
+                    when the in-flight accumulators and operands do not fit the registers): no overlap at all
     """
     sass = dump_sass(compiled) if sass is None else sass
     res = parse_res_usage(sass, compiled.name)
-    ptxas = parse_ptxas_log(_ptxas_log(compiled))
+    log = _ptxas_log(compiled)
+    ptxas = parse_ptxas_log(log)
     if ptxas["registers"] != res.get("REG"):
         raise RuntimeError(f"ptxas re-run disagrees with the cubin: {ptxas['registers']} vs {res.get('REG')} regs")
     ops = count_opcodes(sass)
@@ -323,6 +326,7 @@ def sass_stats(compiled, sass: str | None = None) -> dict:
         "ldl": ops["LDL"],
         "stl": ops["STL"],
         "ex2_under_wgmma": ex2_under_wgmma(sass),
+        "wgmma_serialized": "wgmma.mma_async instructions are serialized" in log,
     }
     stats["frnd_f2i"] = stats["frnd"] + stats["f2i"]
     return stats
@@ -334,6 +338,8 @@ def problems(stats: Mapping, arch: int, spill_budget: int = 0) -> list[str]:
     if stats["spill_bytes"] > spill_budget:
         out.append(f"spills {stats['spill_stores']} B stores + {stats['spill_loads']} B loads"
                    + (f" (known: {spill_budget} B)" if spill_budget else ""))
+    if stats.get("wgmma_serialized"):
+        out.append("ptxas serialised the wgmmas (C7512: not enough registers for those in flight)")
     limit = MAX_SHARED_BYTES.get(arch)
     if limit is not None and stats["shared"] > limit:
         out.append(f"shared memory {stats['shared']} B > {limit} B")

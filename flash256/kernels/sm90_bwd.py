@@ -3,23 +3,25 @@
 Dispatched by default on sm_90 for d = 64/128/256: plain, causal, sliding-window and soft-capped
 attention, learnable sinks and packed (varlen) batches (sm90_rows.py). Measured on
 an H200, 2026-12-01 (BENCHMARKS.md): 84/84 plain/causal and 160/160 window/softcap correctness cases,
-bit-identical reruns, 1.11-1.29x cuDNN at d=256 from 4k. In `python -m flash256.inspect`'s default list; the
+bit-identical reruns, 1.10-1.29x cuDNN at d=256 from 4k. In `python -m flash256.inspect`'s default list; the
 d=256 dQ kernel spills a few scalars (none plain non-causal; 12-36 B causal, with a window or packed: the
 shared-memory base the wgmma descriptors start from, and bounds), declared in DQ_D256_KNOWN_SPILL_BYTES.
 
 With S = Q K^T, P = exp(scale S - lse), dP = dO V^T, dS = P * (dP - delta) (delta = rowsum(dO O) - dLSE):
     dV = P^T dO,   dK = scale dS^T Q,   dQ = scale dS K.
 
-dK/dV kernel: one CTA per (64-key block, batch, kv head). K and V stay in shared memory; a producer warp
-streams 64-row Q/dO tiles of every query head of the GQA group through a TMA ring (the group reduction
-happens in the accumulators: no extra pass, no atomics). The transposed formulation keeps keys on the
-rows, so P^T and dS^T come out of their GEMMs in the A-operand shape of the next GEMM:
-  * warpgroup 0: S^T = K Q^T (wgmma, SS), P^T = exp2(...) in registers, dV += P^T dO (RS);
-  * warpgroup 1: dP^T = V dO^T (SS), dS^T = P^T * (dP^T - delta), dK += dS^T Q (RS).
-Each warpgroup owns one full 64 x D fp32 accumulator (128 registers/thread at D = 256). Warpgroup 1
-gets P^T from warpgroup 0 through a small fp32 shared-memory exchange ring; both do two of the four
-GEMMs of a tile pair, so the tensor cores are shared evenly and one warpgroup's elementwise work
-overlaps the other's GEMMs.
+dK/dV kernel: one CTA per (key block, batch, kv head). K and V stay in shared memory; a producer warp
+streams Q/dO tiles of every query head of the GQA group through a TMA ring (the group reduction happens in
+the accumulators: no extra pass, no atomics). The transposed formulation keeps keys on the rows, so P^T and
+dS^T come out of their GEMMs in the A-operand shape of the next GEMM. The two consumer warpgroups share a
+tile's four GEMMs in one of two ways (Sm90BwdDkdvConfig.key_split):
+  * GEMM split (d=256, 64 keys): warpgroup 0 computes S^T = K Q^T (wgmma, SS), P^T = exp2(...) in registers
+    and dV += P^T dO (RS); warpgroup 1 dP^T = V dO^T (SS), dS^T = P^T * (dP^T - delta) and dK += dS^T Q (RS),
+    taking P^T from warpgroup 0 through a small fp32 shared-memory exchange ring. Each owns one 64 x 256 fp32
+    accumulator (128 registers/thread): both would not fit one warpgroup.
+  * key split (d <= 128, 128 keys): each warpgroup owns 64 of the keys with both accumulators and all four
+    GEMMs, and the Q/dO tiles are shared: every streamed byte feeds 128 keys, half the traffic per GEMM.
+Either way one warpgroup's elementwise work overlaps the other's GEMMs.
 
 dQ kernel: one CTA per (128-query block, batch, head): one 8-warp consumer partition (two warpgroups,
 64 query rows each, in lockstep) with Q and dO resident; K and V blocks stream through TMA rings.
@@ -74,19 +76,28 @@ LOG2E = gl.constexpr(1.4426950408889634)  # lse is natural-log; the kernels work
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Sm90BwdDkdvConfig:
-    """dK/dV kernel: BLOCK_N keys per CTA (one wgmma M), BLOCK_M-row Q/dO tiles streamed."""
+    """dK/dV kernel: BLOCK_N keys per CTA, BLOCK_M-row Q/dO tiles streamed. Two ways to share a tile's four
+    GEMMs between the two consumer warpgroups:
+      GEMM split (d=256): 64 keys; warpgroup 0 computes S^T, P^T and dV, warpgroup 1 dP^T, dS^T and dK (P^T
+        crosses through shared memory). One accumulator per warpgroup: all d=256 leaves room for.
+      key split (d <= 128): 128 keys; each warpgroup owns 64 of them with both accumulators and all four
+        GEMMs. Every streamed Q/dO byte then feeds 128 keys instead of 64: half the Q/dO traffic per GEMM."""
     head_dim: int
     qdo_stages: int  # depth of the Q/dO ring (one stage = a Q tile + a dO tile)
-    p_buffers: int  # depth of the fp32 P^T exchange ring between the two warpgroups
+    p_buffers: int = 0  # depth of the fp32 P^T exchange ring between the two warpgroups (GEMM split only)
+    key_split: bool = False
     # Issue the pending RS GEMM (dV / dK of the previous tile) before this tile's SS GEMM, so a Q/dO stage
     # is freed ~3 GEMMs before the producer's next load is needed instead of ~1: pays with a 2-stage
     # ring (d=256: +9..20% measured), costs ~1.5% with 4 stages (d=128), where loads are not late.
     rs_first: bool = False
-    block_n: int = WARPGROUP_ROWS
     block_m: int = 64
     consumer_regs: int = 240
     producer_regs: int = 24
     elem_bytes: int = 2
+
+    @property
+    def block_n(self) -> int:
+        return 2 * WARPGROUP_ROWS if self.key_split else WARPGROUP_ROWS
 
     @property
     def smem_kv(self) -> int:  # resident K and V; dV / dK are staged there for their TMA stores
@@ -108,17 +119,17 @@ class Sm90BwdDkdvConfig:
     def smem_total(self) -> int:
         return self.smem_kv + self.smem_qdo + self.smem_p + self.smem_barriers
 
-    # fp32 registers per consumer thread (a warpgroup = 128 threads)
+    # fp32 registers per consumer thread (a warpgroup = 128 threads; its wgmmas have 64 rows)
     @property
-    def regs_acc(self) -> int:  # dV (warpgroup 0) or dK (warpgroup 1), block_n x head_dim
-        return self.block_n * self.head_dim // 128
+    def regs_acc(self) -> int:  # GEMM split: dV or dK; key split: both, 64 x head_dim each
+        return (2 if self.key_split else 1) * WARPGROUP_ROWS * self.head_dim // 128
 
     @property
-    def regs_s(self) -> int:  # S^T or dP^T, block_n x block_m
-        return self.block_n * self.block_m // 128
+    def regs_s(self) -> int:  # S^T or dP^T (key split: both), 64 x block_m
+        return (2 if self.key_split else 1) * WARPGROUP_ROWS * self.block_m // 128
 
     @property
-    def regs_operand(self) -> int:  # P^T or dS^T in 16 bits, two per register
+    def regs_operand(self) -> int:  # P^T or dS^T (key split: both) in 16 bits, two per register
         return self.regs_s // 2
 
     @property
@@ -130,16 +141,17 @@ class Sm90BwdDkdvConfig:
         return (REGISTERS_PER_SM // 384) // 8 * 8
 
     def describe(self) -> str:
-        return (f"dkdv_d{self.head_dim}_n{self.block_n}_m{self.block_m}_s{self.qdo_stages}_p{self.p_buffers} "
+        return (f"dkdv_d{self.head_dim}_n{self.block_n}_m{self.block_m}_s{self.qdo_stages}_p{self.p_buffers}"
+                f"{'_keysplit' if self.key_split else ''} "
                 f"smem={self.smem_total}B (KV {self.smem_kv} + QdO {self.smem_qdo} + P {self.smem_p}) "
                 f"regs/thread acc={self.regs_acc} S={self.regs_s} op={self.regs_operand}")
 
     def check(self) -> None:
-        assert self.block_n == WARPGROUP_ROWS, self.describe()
+        assert (self.p_buffers == 0) == self.key_split and not (self.key_split and self.rs_first), self.describe()
         assert self.smem_total <= SMEM_LIMIT_BYTES, self.describe()
         assert self.register_budget <= REGISTERS_PER_SM, self.describe()
-        # live in a consumer's inner loop: accumulator + S + the previous tile's operand + slack
-        assert self.regs_acc + self.regs_s + self.regs_operand <= self.consumer_regs - 48, self.describe()
+        # live in a consumer's inner loop: accumulators + S^T/dP^T + the previous tile's operands + slack
+        assert self.regs_acc + self.regs_s + self.regs_operand <= self.consumer_regs - 16, self.describe()
 
 
 @dataclass(frozen=True)
@@ -207,10 +219,11 @@ class Sm90BwdDqConfig:
 # d=256 dK/dV: K + V 64 KB, 2 Q/dO stages x 64 KB, 2 P^T slots x 16 KB = 224 KB (+ 72 B barriers).
 # Registers: accumulator 128 + S^T 32 + operand 16 = 176 of 240.
 DKDV_D256 = Sm90BwdDkdvConfig(head_dim=256, qdo_stages=2, p_buffers=2, rs_first=True)
-# d=128: K + V 32 KB, 4 stages x 32 KB, 2 x 16 KB = 192 KB. Registers 64 + 32 + 16.
-DKDV_D128 = Sm90BwdDkdvConfig(head_dim=128, qdo_stages=4, p_buffers=2)
-# d=64: K + V 16 KB, 4 stages x 16 KB, 2 x 16 KB = 112 KB. Registers 32 + 32 + 16.
-DKDV_D64 = Sm90BwdDkdvConfig(head_dim=64, qdo_stages=4, p_buffers=2)
+# d=128, key split: K + V 64 KB (128 keys), 6 stages x 16 KB (32-row Q/dO tiles) = 160 KB. Registers dK + dV
+# 128 + S^T + dP^T 32 + P^T + dS^T 16 = 176 of 240. (64-row tiles, 224 registers, spill and serialise the wgmmas.)
+DKDV_D128 = Sm90BwdDkdvConfig(head_dim=128, qdo_stages=6, block_m=32, key_split=True)
+# d=64, key split: K + V 32 KB, 4 stages x 16 KB = 96 KB. Registers 64 + 64 + 32.
+DKDV_D64 = Sm90BwdDkdvConfig(head_dim=64, qdo_stages=4, key_split=True)
 
 # d=256 dQ: Q + dO 128 KB, K 2 x 32 KB, V 1 x 32 KB = 224 KB. V is released right after the dP GEMM,
 # K only after the dQ GEMM of the next iteration, so K gets the second stage.
@@ -243,7 +256,9 @@ def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_s
                    cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                    LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, VARLEN: gl.constexpr):
-    kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
+    """K and V of the CTA's BLOCK_N keys once, then every Q/dO tile that sees them (all query heads of the
+    group) through the ring."""
+    kv_ready, qdo_ready, qdo_empty = bars
     n_start = gl.program_id(0) * BLOCK_N
     b = gl.program_id(1) // num_kv_heads
     kv_head = gl.program_id(1) - b * num_kv_heads
@@ -277,14 +292,13 @@ def _row_stats(ptr, head, q_flat, m_block, q_len, total_q, other: gl.constexpr,
 
 
 @gluon.jit
-def _share_probabilities(s_t, t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale, softcap_scale,
-                         seqlen_q, seqlen_k, window_left, window_right, p_smem, p_ready, p_empty,
-                         layout: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr,
-                         P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
-                         SOFTCAP: gl.constexpr):
-    """P^T of tile t, which warpgroup 0 keeps for dV; the P^T that dS^T needs goes to warpgroup 1 through
-    exchange slot t % P_BUFFERS. With a soft cap that one carries the cap's derivative (1 - tanh^2), so
-    warpgroup 1's dS^T = P^T (dP^T - delta) needs no change."""
+def _probabilities_t(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale, softcap_scale,
+                     seqlen_q, seqlen_k, window_left, window_right, layout: gl.constexpr, BLOCK_N: gl.constexpr,
+                     BLOCK_M: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
+                     SOFTCAP: gl.constexpr):
+    """(P^T for dV, P^T for dS^T) of a (BLOCK_N keys from n_start) x (query tile m_block) tile, masked when the
+    tile is outside [unmasked_lo, unmasked_hi). With a soft cap the second carries the cap's derivative
+    (1 - tanh^2), so dS^T = P^T (dP^T - delta) needs no change."""
     t_cap = soft_cap(s_t, softcap_scale, SOFTCAP)
     p_t = gl.exp2(t_cap * qk_scale - lse2[None, :])
     if LEFT_BOUNDED or RIGHT_BOUNDED:
@@ -295,6 +309,20 @@ def _share_probabilities(s_t, t, lse2, n_start, m_block, unmasked_lo, unmasked_h
     p_grad = p_t
     if SOFTCAP:
         p_grad = p_t * (1.0 - t_cap * t_cap)
+    return p_t, p_grad
+
+
+@gluon.jit
+def _share_probabilities(s_t, t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale, softcap_scale,
+                         seqlen_q, seqlen_k, window_left, window_right, p_smem, p_ready, p_empty,
+                         layout: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr,
+                         P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
+                         SOFTCAP: gl.constexpr):
+    """GEMM split: P^T of tile t, which warpgroup 0 keeps for dV; the P^T that dS^T needs goes to warpgroup 1
+    through exchange slot t % P_BUFFERS."""
+    p_t, p_grad = _probabilities_t(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale, softcap_scale,
+                                   seqlen_q, seqlen_k, window_left, window_right, layout, BLOCK_N, BLOCK_M,
+                                   LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
     slot = t % P_BUFFERS
     mbarrier.wait(p_empty.index(slot), ((t // P_BUFFERS) & 1) ^ 1)
     p_smem.index(slot).store(p_grad)
@@ -470,6 +498,97 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, de
                n_start, kv_head, k_len, BLOCK_N, HEAD_DIM, 4, VARLEN)
 
 
+@gluon.jit
+def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, dk_desc, dv_desc, dk_ptr, dv_ptr, bars, lse_ptr, delta_ptr,
+                   cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k,
+                   num_kv_heads, group_size, total_q, window_left, window_right, WARPGROUP: gl.constexpr,
+                   BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+                   LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
+                   VARLEN: gl.constexpr):
+    """Key split: keys [64 WARPGROUP, 64 WARPGROUP + 64) of the CTA's 128, with all four GEMMs of every tile:
+    S^T = K Q^T and dP^T = V dO^T (SS), P^T and dS^T in registers, dV += P^T dO and dK += dS^T Q (RS, issued
+    with the next tile's SS GEMMs, so the exp2 of one tile runs under the other GEMMs). Stores dV and scale * dK."""
+    kv_ready, qdo_ready, qdo_empty = bars
+    dtype: gl.constexpr = k_smem.dtype
+    ROWS: gl.constexpr = k_smem.shape[0] // 2  # one wgmma M
+    st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, BLOCK_M, 16])
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, HEAD_DIM, 16])
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
+    k_own = k_smem.slice(WARPGROUP * ROWS, ROWS, dim=0)
+    v_own = v_smem.slice(WARPGROUP * ROWS, ROWS, dim=0)
+
+    cta_start = gl.program_id(0) * (2 * ROWS)
+    n_start = cta_start + WARPGROUP * ROWS
+    b = gl.program_id(1) // num_kv_heads
+    kv_head = gl.program_id(1) - b * num_kv_heads
+    _q_batch, _q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
+    k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
+    # The producer streams the tiles any of the CTA's keys see; the ones this warpgroup's keys see only in
+    # part (or not at all) fall outside its own unmasked range and get the element mask.
+    m_first, n_m, _lo, _hi = query_tiles(cta_start, q_len, k_len, window_left, window_right, BLOCK_M, 2 * ROWS,
+                                         LEFT_BOUNDED, RIGHT_BOUNDED)
+    _first, _n, unmasked_lo, unmasked_hi = query_tiles(n_start, q_len, k_len, window_left, window_right, BLOCK_M,
+                                                       ROWS, LEFT_BOUNDED, RIGHT_BOUNDED)
+    _zero, n_m = clip_to_sequence(0, n_m, cta_start, k_len, VARLEN)
+    n_tiles = group_size * n_m
+    dk = gl.zeros([ROWS, HEAD_DIM], gl.float32, acc_layout)
+    dv = gl.zeros([ROWS, HEAD_DIM], gl.float32, acc_layout)
+    mbarrier.wait(kv_ready, 0)
+    if n_tiles > 0:
+        head, m_block = _dkdv_tile_coords(0, m_first, n_m, kv_head, group_size)
+        lse2 = _row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q, float("inf"), BLOCK_M,
+                          col_layout) * LOG2E
+        delta = _row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0, BLOCK_M, col_layout)
+        mbarrier.wait(qdo_ready.index(0), 0)
+        s_t = warpgroup_mma(k_own, q_smem.index(0).permute((1, 0)),
+                            gl.zeros([ROWS, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
+        dp_t = warpgroup_mma(v_own, do_smem.index(0).permute((1, 0)),
+                             gl.zeros([ROWS, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
+        s_t = warpgroup_mma_wait(1, deps=(s_t, ))
+        p_t, p_grad = _probabilities_t(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
+                                       softcap_scale, q_len, k_len, window_left, window_right, st_layout, ROWS,
+                                       BLOCK_M, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
+        p_op = gl.convert_layout(p_t.to(dtype), op_layout)
+        dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
+        ds_op = gl.convert_layout((p_grad * (dp_t - delta[None, :])).to(dtype), op_layout)
+        prev_stage = 0
+        for t in range(1, n_tiles):
+            head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
+            stage = t % STAGES
+            lse2 = _row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q, float("inf"), BLOCK_M,
+                              col_layout) * LOG2E
+            delta = _row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0, BLOCK_M, col_layout)
+            dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
+            dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
+            mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
+            s_t = warpgroup_mma(k_own, q_smem.index(stage).permute((1, 0)),
+                                gl.zeros([ROWS, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
+            dp_t = warpgroup_mma(v_own, do_smem.index(stage).permute((1, 0)),
+                                 gl.zeros([ROWS, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
+            dv, dk, p_op, ds_op = warpgroup_mma_wait(2, deps=(dv, dk, p_op, ds_op))
+            mbarrier.arrive(qdo_empty.index(prev_stage))
+            s_t = warpgroup_mma_wait(1, deps=(s_t, ))
+            p_t, p_grad = _probabilities_t(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
+                                           softcap_scale, q_len, k_len, window_left, window_right, st_layout, ROWS,
+                                           BLOCK_M, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
+            p_op = gl.convert_layout(p_t.to(dtype), op_layout)
+            dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
+            ds_op = gl.convert_layout((p_grad * (dp_t - delta[None, :])).to(dtype), op_layout)
+            prev_stage = stage
+        dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
+        dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
+        dv, dk, p_op, ds_op = warpgroup_mma_wait(0, deps=(dv, dk, p_op, ds_op))
+        mbarrier.arrive(qdo_empty.index(prev_stage))
+    # K and V are dead (only this warpgroup reads its rows): stage dV and dK there.
+    store_tile(dv.to(dtype), k_own, dv_desc, dv_ptr, num_kv_heads * HEAD_DIM, k_batch, k_first, n_start, kv_head,
+               k_len, ROWS, HEAD_DIM, 4, VARLEN)
+    store_tile((dk * softmax_scale).to(dtype), v_own, dk_desc, dk_ptr, num_kv_heads * HEAD_DIM, k_batch, k_first,
+               n_start, kv_head, k_len, ROWS, HEAD_DIM, 4, VARLEN)
+
+
 # Sizes are not specialised (no recompiles for seqlen 1 or odd lengths); only the constexprs are.
 @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_kv_heads", "group_size", "total_q", "window_left",
                               "window_right"])
@@ -480,7 +599,7 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
                               STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
                               RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
                               CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-                              RS_FIRST: gl.constexpr, VARLEN: gl.constexpr):
+                              RS_FIRST: gl.constexpr, KEY_SPLIT: gl.constexpr, VARLEN: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     qdo_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], dtype)
@@ -491,35 +610,51 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
     v_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_DIM], kv_layout)
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], qdo_layout)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], qdo_layout)
-    p_smem = gl.allocate_shared_memory(gl.float32, [P_BUFFERS, BLOCK_N, BLOCK_M], p_layout)
 
     kv_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     qdo_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     qdo_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    p_ready = gl.allocate_shared_memory(gl.int64, [P_BUFFERS, 1], mbarrier.MBarrierLayout())
-    p_empty = gl.allocate_shared_memory(gl.int64, [P_BUFFERS, 1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_ready, count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(qdo_ready.index(i), count=1)
         mbarrier.init(qdo_empty.index(i), count=2)  # both warpgroups release each Q/dO stage
-    for i in gl.static_range(P_BUFFERS):
-        mbarrier.init(p_ready.index(i), count=1)
-        mbarrier.init(p_empty.index(i), count=1)
-    bars = (kv_ready, qdo_ready, qdo_empty, p_ready, p_empty)
+    ring = (kv_ready, qdo_ready, qdo_empty)
+    if KEY_SPLIT:
+        gl.warp_specialize([
+            (_dkdv_own_keys, (k_smem, v_smem, q_smem, do_smem, dk_desc, dv_desc, dk_ptr, dv_ptr, ring, lse_ptr,
+                              delta_ptr, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale,
+                              seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right, 0,
+                              BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN)),
+            (_dkdv_own_keys, (k_smem, v_smem, q_smem, do_smem, dk_desc, dv_desc, dk_ptr, dv_ptr, ring, lse_ptr,
+                              delta_ptr, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale,
+                              seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right, 1,
+                              BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN)),
+            (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, ring, cu_seqlens_q,
+                              cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
+                              BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN)),
+        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+    else:  # GEMM split
+        p_smem = gl.allocate_shared_memory(gl.float32, [P_BUFFERS, BLOCK_N, BLOCK_M], p_layout)
+        p_ready = gl.allocate_shared_memory(gl.int64, [P_BUFFERS, 1], mbarrier.MBarrierLayout())
+        p_empty = gl.allocate_shared_memory(gl.int64, [P_BUFFERS, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(P_BUFFERS):
+            mbarrier.init(p_ready.index(i), count=1)
+            mbarrier.init(p_empty.index(i), count=1)
+        bars = (kv_ready, qdo_ready, qdo_empty, p_ready, p_empty)
 
-    gl.warp_specialize([
-        (_dkdv_probabilities, (k_smem, q_smem, do_smem, p_smem, dv_desc, dv_ptr, bars, lse_ptr, cu_seqlens_q,
-                               cu_seqlens_k, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size,
-                               total_q, window_left, window_right, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS,
-                               LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, RS_FIRST, VARLEN)),
-        (_dkdv_score_grads, (v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, delta_ptr, cu_seqlens_q,
-                             cu_seqlens_k, softmax_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
-                             window_left, window_right, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS,
-                             LEFT_BOUNDED, RIGHT_BOUNDED, RS_FIRST, VARLEN)),
-        (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, bars, cu_seqlens_q,
-                          cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
-                          BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN)),
-    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+        gl.warp_specialize([
+            (_dkdv_probabilities, (k_smem, q_smem, do_smem, p_smem, dv_desc, dv_ptr, bars, lse_ptr, cu_seqlens_q,
+                                   cu_seqlens_k, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size,
+                                   total_q, window_left, window_right, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS,
+                                   LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, RS_FIRST, VARLEN)),
+            (_dkdv_score_grads, (v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, delta_ptr, cu_seqlens_q,
+                                 cu_seqlens_k, softmax_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
+                                 window_left, window_right, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS,
+                                 LEFT_BOUNDED, RIGHT_BOUNDED, RS_FIRST, VARLEN)),
+            (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, ring, cu_seqlens_q,
+                              cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
+                              BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN)),
+        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -792,12 +927,12 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
     cfg = DKDV_CONFIGS[head_dim]
     sm90_attn_bwd_dkdv_kernel[(triton.cdiv(max_k, cfg.block_n), num_seqs * nheads_kv)](
         desc(q, cfg.block_m), desc(k, cfg.block_n), desc(v, cfg.block_n),
-        desc(dout, cfg.block_m), tma_descriptor(dk, cfg.block_n), tma_descriptor(dv, cfg.block_n), dk, dv,
+        desc(dout, cfg.block_m), tma_descriptor(dk, WARPGROUP_ROWS), tma_descriptor(dv, WARPGROUP_ROWS), dk, dv,
         lse, delta, cu_q, cu_k, args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads_kv,
         group_size, total_q, window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, STAGES=cfg.qdo_stages,
         P_BUFFERS=cfg.p_buffers, SOFTCAP=args.softcap > 0, **mask_flags, CONSUMER_REGS=cfg.consumer_regs,
-        PRODUCER_REGS=cfg.producer_regs, RS_FIRST=cfg.rs_first, VARLEN=varlen, num_warps=4,
+        PRODUCER_REGS=cfg.producer_regs, RS_FIRST=cfg.rs_first, KEY_SPLIT=cfg.key_split, VARLEN=varlen, num_warps=4,
         maxnreg=cfg.launch_maxnreg)
 
     cfg = DQ_CONFIGS[head_dim]
@@ -837,13 +972,13 @@ def compile_dkdv(cfg: Sm90BwdDkdvConfig, causal: bool, dtype: torch.dtype = torc
     from .compile_target import compile_gluon
     out_ptr = f"*{_SIG_DTYPES[dtype]}"
     signature = dict(_desc_types(dtype, cfg.head_dim, q_desc=cfg.block_m, k_desc=cfg.block_n,
-                                 v_desc=cfg.block_n, do_desc=cfg.block_m, dk_desc=cfg.block_n,
-                                 dv_desc=cfg.block_n), dk_ptr=out_ptr, dv_ptr=out_ptr, num_kv_heads="i32",
+                                 v_desc=cfg.block_n, do_desc=cfg.block_m, dk_desc=WARPGROUP_ROWS,
+                                 dv_desc=WARPGROUP_ROWS), dk_ptr=out_ptr, dv_ptr=out_ptr, num_kv_heads="i32",
                      **_SCALARS)
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, STAGES=cfg.qdo_stages,
                       P_BUFFERS=cfg.p_buffers, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
                       SOFTCAP=softcap, CONSUMER_REGS=cfg.consumer_regs, PRODUCER_REGS=cfg.producer_regs,
-                      RS_FIRST=cfg.rs_first, VARLEN=varlen)
+                      RS_FIRST=cfg.rs_first, KEY_SPLIT=cfg.key_split, VARLEN=varlen)
     return compile_gluon(sm90_attn_bwd_dkdv_kernel, signature, constexprs, arch=arch, num_warps=4,
                          maxnreg=cfg.launch_maxnreg)
 
