@@ -3,7 +3,7 @@
     python scripts/sm90_bwd_check.py correctness     # every (d, causal, dtype) in its own process, in parallel
     python scripts/sm90_bwd_check.py combo 256 1 bf16
     python scripts/sm90_bwd_check.py features 256 bf16   # sliding windows and soft caps
-    python scripts/sm90_bwd_check.py profile         # CUDA time per backward kernel, d=256, 4k and 16k
+    python scripts/sm90_bwd_check.py profile [d]     # CUDA time per backward kernel (d=256), 4k and 16k
 
 Each case runs flash256.attention (auto dispatch: the Gluon forward where it applies, the Gluon
 backward) under autograd and asserts that auto picked the sm90 backward. Rule per tensor x in (out, dq,
@@ -153,16 +153,17 @@ def correctness():
     print("\n".join(summary))
 
 
-def profile():
-    """CUDA time of each kernel of the default backward (delta, dK/dV, dQ) from torch.profiler."""
+def profile(head_dim=256):
+    """CUDA time of each kernel of the default backward (delta, dK/dV, dQ) from torch.profiler; bench shapes
+    (32k tokens, 2048 // head_dim heads)."""
     import flash256
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
     for causal in (False, True):
         for seqlen in (4096, 16384):
             torch.manual_seed(0)
-            q, k, v = (torch.randn(32768 // seqlen, seqlen, 8, 256, device="cuda", dtype=torch.bfloat16,
-                                   requires_grad=True) for _ in range(3))
+            q, k, v = (torch.randn(32768 // seqlen, seqlen, 2048 // head_dim, head_dim, device="cuda",
+                                   dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
             out = flash256.flash_attn_func(q, k, v, causal=causal)
             dout = torch.randn_like(out)
             torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)  # compile and warm up
@@ -170,7 +171,7 @@ def profile():
                 for _ in range(5):
                     torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
                 torch.cuda.synchronize()
-            print(f"## backward kernels, d=256 seqlen={seqlen} causal={causal}: CUDA ms per call")
+            print(f"## backward kernels, d={head_dim} seqlen={seqlen} causal={causal}: CUDA ms per call")
             for event in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:6]:
                 print(f"  {event.device_time_total / 5e3:8.3f}  {event.key[:90]}")
 
@@ -182,7 +183,7 @@ if __name__ == "__main__":
     elif what == "features":
         features(int(sys.argv[2]), sys.argv[3])
     elif what == "profile":
-        profile()
+        profile(*map(int, sys.argv[2:3]))
     else:
         print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
         correctness()
