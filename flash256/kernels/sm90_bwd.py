@@ -499,6 +499,44 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, de
 
 
 @gluon.jit
+def _own_keys_tile(t, m_first, n_m, kv_head, group_size, lse_ptr, delta_ptr, q_flat, q_len, total_q,
+                   BLOCK_M: gl.constexpr, col_layout: gl.constexpr):
+    """Key split, tile t: its query block, and the base-2 lse and delta of its rows."""
+    head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
+    lse2 = _row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q, float("inf"), BLOCK_M, col_layout) * LOG2E
+    delta = _row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0, BLOCK_M, col_layout)
+    return m_block, lse2, delta
+
+
+@gluon.jit
+def _own_keys_scores(k_own, v_own, q_buf, do_buf, st_layout: gl.constexpr, ROWS: gl.constexpr,
+                     BLOCK_M: gl.constexpr):
+    """Key split: issue S^T = K Q^T and dP^T = V dO^T (async, SS) for this warpgroup's keys."""
+    zero = gl.zeros([ROWS, BLOCK_M], gl.float32, st_layout)
+    s_t = warpgroup_mma(k_own, q_buf.permute((1, 0)), zero, use_acc=False, is_async=True)
+    dp_t = warpgroup_mma(v_own, do_buf.permute((1, 0)), zero, use_acc=False, is_async=True)
+    return s_t, dp_t
+
+
+@gluon.jit
+def _own_keys_operands(s_t, dp_t, lse2, delta, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
+                       softcap_scale, q_len, k_len, window_left, window_right, dtype: gl.constexpr,
+                       st_layout: gl.constexpr, op_layout: gl.constexpr, ROWS: gl.constexpr,
+                       BLOCK_M: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
+                       SOFTCAP: gl.constexpr):
+    """Key split: wait for S^T (P^T's exp2 then runs under dP^T), then for dP^T; P^T and dS^T as the 16-bit A
+    operands of dV += P^T dO and dK += dS^T Q."""
+    s_t = warpgroup_mma_wait(1, deps=(s_t, ))
+    p_t, p_grad = _probabilities_t(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale, softcap_scale,
+                                   q_len, k_len, window_left, window_right, st_layout, ROWS, BLOCK_M,
+                                   LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
+    p_op = gl.convert_layout(p_t.to(dtype), op_layout)
+    dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
+    ds_op = gl.convert_layout((p_grad * (dp_t - delta[None, :])).to(dtype), op_layout)
+    return p_op, ds_op
+
+
+@gluon.jit
 def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, dk_desc, dv_desc, dk_ptr, dv_ptr, bars, lse_ptr, delta_ptr,
                    cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k,
                    num_kv_heads, group_size, total_q, window_left, window_right, WARPGROUP: gl.constexpr,
@@ -538,45 +576,31 @@ def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, dk_desc, dv_desc, dk_ptr, dv
     dv = gl.zeros([ROWS, HEAD_DIM], gl.float32, acc_layout)
     mbarrier.wait(kv_ready, 0)
     if n_tiles > 0:
-        head, m_block = _dkdv_tile_coords(0, m_first, n_m, kv_head, group_size)
-        lse2 = _row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q, float("inf"), BLOCK_M,
-                          col_layout) * LOG2E
-        delta = _row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0, BLOCK_M, col_layout)
+        m_block, lse2, delta = _own_keys_tile(0, m_first, n_m, kv_head, group_size, lse_ptr, delta_ptr, q_flat,
+                                              q_len, total_q, BLOCK_M, col_layout)
         mbarrier.wait(qdo_ready.index(0), 0)
-        s_t = warpgroup_mma(k_own, q_smem.index(0).permute((1, 0)),
-                            gl.zeros([ROWS, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
-        dp_t = warpgroup_mma(v_own, do_smem.index(0).permute((1, 0)),
-                             gl.zeros([ROWS, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
-        s_t = warpgroup_mma_wait(1, deps=(s_t, ))
-        p_t, p_grad = _probabilities_t(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
-                                       softcap_scale, q_len, k_len, window_left, window_right, st_layout, ROWS,
-                                       BLOCK_M, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
-        p_op = gl.convert_layout(p_t.to(dtype), op_layout)
-        dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
-        ds_op = gl.convert_layout((p_grad * (dp_t - delta[None, :])).to(dtype), op_layout)
+        s_t, dp_t = _own_keys_scores(k_own, v_own, q_smem.index(0), do_smem.index(0), st_layout, ROWS,
+                                      BLOCK_M)
+        p_op, ds_op = _own_keys_operands(s_t, dp_t, lse2, delta, n_start, m_block, unmasked_lo, unmasked_hi,
+                                         qk_scale, softcap_scale, q_len, k_len, window_left, window_right,
+                                         dtype, st_layout, op_layout, ROWS, BLOCK_M, LEFT_BOUNDED, RIGHT_BOUNDED,
+                                         SOFTCAP)
         prev_stage = 0
         for t in range(1, n_tiles):
-            head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
             stage = t % STAGES
-            lse2 = _row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q, float("inf"), BLOCK_M,
-                              col_layout) * LOG2E
-            delta = _row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0, BLOCK_M, col_layout)
+            m_block, lse2, delta = _own_keys_tile(t, m_first, n_m, kv_head, group_size, lse_ptr, delta_ptr, q_flat,
+                                                  q_len, total_q, BLOCK_M, col_layout)
             dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
             dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
             mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
-            s_t = warpgroup_mma(k_own, q_smem.index(stage).permute((1, 0)),
-                                gl.zeros([ROWS, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
-            dp_t = warpgroup_mma(v_own, do_smem.index(stage).permute((1, 0)),
-                                 gl.zeros([ROWS, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
+            s_t, dp_t = _own_keys_scores(k_own, v_own, q_smem.index(stage), do_smem.index(stage), st_layout,
+                                          ROWS, BLOCK_M)
             dv, dk, p_op, ds_op = warpgroup_mma_wait(2, deps=(dv, dk, p_op, ds_op))
             mbarrier.arrive(qdo_empty.index(prev_stage))
-            s_t = warpgroup_mma_wait(1, deps=(s_t, ))
-            p_t, p_grad = _probabilities_t(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
-                                           softcap_scale, q_len, k_len, window_left, window_right, st_layout, ROWS,
-                                           BLOCK_M, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
-            p_op = gl.convert_layout(p_t.to(dtype), op_layout)
-            dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
-            ds_op = gl.convert_layout((p_grad * (dp_t - delta[None, :])).to(dtype), op_layout)
+            p_op, ds_op = _own_keys_operands(s_t, dp_t, lse2, delta, n_start, m_block, unmasked_lo, unmasked_hi,
+                                             qk_scale, softcap_scale, q_len, k_len, window_left, window_right,
+                                             dtype, st_layout, op_layout, ROWS, BLOCK_M, LEFT_BOUNDED,
+                                             RIGHT_BOUNDED, SOFTCAP)
             prev_stage = stage
         dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
         dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
