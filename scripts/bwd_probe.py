@@ -1,6 +1,7 @@
 """A/B of versions of the sm90 backward in one process, timed like the bench (device call helper, issue 5).
 
     python scripts/bwd_probe.py [--dims 128,64] [variant ...]  variant: base | name=path/to/sm90_bwd_variant.py
+                                                                | name=path/to/change.patch (applied to sm90_bwd.py)
     python scripts/bwd_probe.py --kernels [variant]  kernel timeline of 24 calls timed as the bench times them
 
 Each variant replaces the dispatcher's sm90 backward, is checked against the fp32 reference (d 256/128/64,
@@ -11,7 +12,9 @@ hit them alike.
 """
 import importlib
 import pathlib
+import subprocess
 import sys
+import tempfile
 
 import torch
 
@@ -28,9 +31,19 @@ CASES = ([(256, c, s) for s in (1024, 4096, 16384) for c in (False, True)]
          + [(d, c, s) for d in (128, 64) for s in (2048, 8192) for c in (False, True)])
 
 
+def patched_source(patch):
+    """sm90_bwd.py with a unified diff (paths a/flash256/kernels/sm90_bwd.py, as scripts/patches/ has) applied."""
+    with tempfile.TemporaryDirectory() as tmp:
+        target = pathlib.Path(tmp, "flash256/kernels/sm90_bwd.py")
+        target.parent.mkdir(parents=True)
+        target.write_text(SOURCE)
+        subprocess.run(["git", "apply", str(pathlib.Path(patch).resolve())], cwd=tmp, check=True)
+        return target.read_text()
+
+
 def module_for(variant):
     name, _, path = variant.partition("=")
-    source = pathlib.Path(path).read_text() if path else SOURCE
+    source = (patched_source(path) if path.endswith(".patch") else pathlib.Path(path).read_text()) if path else SOURCE
     module = f"_probe_bwd_{name}"
     (ROOT / f"flash256/kernels/{module}.py").write_text(source)
     return importlib.import_module(f"flash256.kernels.{module}")

@@ -18,3 +18,18 @@ def test_fwd_probe_patches_apply_to_the_shipped_forward():
         for old, new in pairs:
             assert probe.SOURCE.count(old) >= 1, (name, old[:120])
             assert old != new, name
+
+
+def test_bwd_probe_applies_the_stored_backward_patches():
+    """scripts/patches/*.patch are backward variants waiting for a device A/B (NOTES.md says which)."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        probe = importlib.import_module("bwd_probe")
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    patches = sorted((SCRIPTS / "patches").glob("sm90_bwd_*.patch"))
+    assert patches
+    for patch in patches:
+        patched = probe.patched_source(patch)
+        assert patched != probe.SOURCE and "def sm90_backward(" in patched, patch
+        compile(patched, str(patch), "exec")
