@@ -7,12 +7,16 @@ import sys
 SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
 
 
-def test_fwd_probe_patches_apply_to_the_shipped_forward():
-    sys.path.insert(0, str(SCRIPTS))
+def _script(name):
+    sys.path.insert(0, str(SCRIPTS))  # the probes import their sibling variants.py
     try:
-        probe = importlib.import_module("fwd_probe")
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(SCRIPTS))
+
+
+def test_fwd_probe_patches_apply_to_the_shipped_forward():
+    probe = _script("fwd_probe")
     assert {"hot", "noload", "q0", "left3"} <= set(probe.PATCHES)
     for name, pairs in probe.PATCHES.items():
         for old, new in pairs:
@@ -22,11 +26,7 @@ def test_fwd_probe_patches_apply_to_the_shipped_forward():
 
 def test_bwd_probe_applies_the_stored_backward_patches():
     """scripts/patches/*.patch are backward variants waiting for a device A/B (NOTES.md says which)."""
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        probe = importlib.import_module("bwd_probe")
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    probe = _script("bwd_probe")
     patches = sorted((SCRIPTS / "patches").glob("sm90_bwd_*.patch"))
     assert patches
     for patch in patches:
