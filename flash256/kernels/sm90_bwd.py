@@ -349,15 +349,11 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, dv_ptr, bars, 
                         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                         STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
                         RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, RS_FIRST: gl.constexpr,
-                        VARLEN: gl.constexpr):
+                        VARLEN: gl.constexpr, st_layout: gl.constexpr, acc_layout: gl.constexpr,
+                        op_layout: gl.constexpr):
     """Warpgroup 0: S^T = K Q^T, P^T (shared with warpgroup 1), dV += P^T dO; stores dV."""
     kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
     dtype: gl.constexpr = k_smem.dtype
-    st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                        instr_shape=[16, BLOCK_M, 16])
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                         instr_shape=[16, HEAD_DIM, 16])
-    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
 
     n_start = gl.program_id(0) * BLOCK_N
@@ -432,15 +428,11 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, de
                       softmax_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left,
                       window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                       STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
-                      RIGHT_BOUNDED: gl.constexpr, RS_FIRST: gl.constexpr, VARLEN: gl.constexpr):
+                      RIGHT_BOUNDED: gl.constexpr, RS_FIRST: gl.constexpr, VARLEN: gl.constexpr,
+                      st_layout: gl.constexpr, acc_layout: gl.constexpr, op_layout: gl.constexpr):
     """Warpgroup 1: dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q; stores scale * dK."""
     kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
     dtype: gl.constexpr = v_smem.dtype
-    st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                        instr_shape=[16, BLOCK_M, 16])
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                         instr_shape=[16, HEAD_DIM, 16])
-    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
 
     n_start = gl.program_id(0) * BLOCK_N
@@ -543,18 +535,14 @@ def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, dk_desc, dv_desc, dk_ptr, dv
                    num_kv_heads, group_size, total_q, window_left, window_right, WARPGROUP: gl.constexpr,
                    BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
                    LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
-                   VARLEN: gl.constexpr):
+                   VARLEN: gl.constexpr, st_layout: gl.constexpr, acc_layout: gl.constexpr,
+                   op_layout: gl.constexpr):
     """Key split: keys [64 WARPGROUP, 64 WARPGROUP + 64) of the CTA's 128, with all four GEMMs of every tile:
     S^T = K Q^T and dP^T = V dO^T (SS), P^T and dS^T in registers, dV += P^T dO and dK += dS^T Q (RS, issued
     with the next tile's SS GEMMs, so the exp2 of one tile runs under the other GEMMs). Stores dV and scale * dK."""
     kv_ready, qdo_ready, qdo_empty = bars
     dtype: gl.constexpr = k_smem.dtype
     ROWS: gl.constexpr = k_smem.shape[0] // 2  # one wgmma M
-    st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                        instr_shape=[16, BLOCK_M, 16])
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                         instr_shape=[16, HEAD_DIM, 16])
-    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
     k_own = k_smem.slice(WARPGROUP * ROWS, ROWS, dim=0)
     v_own = v_smem.slice(WARPGROUP * ROWS, ROWS, dim=0)
@@ -626,6 +614,13 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
                               CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
                               RS_FIRST: gl.constexpr, KEY_SPLIT: gl.constexpr, VARLEN: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
+    # the consumers' wgmma layouts (every wgmma here has 64 rows: one warpgroup's keys): S^T and dP^T
+    # (64 x BLOCK_M), the dK / dV accumulators (64 x HEAD_DIM), P^T and dS^T as their A operand
+    st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, BLOCK_M, 16])
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, HEAD_DIM, 16])
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     qdo_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], dtype)
     # fp32 P^T in the wgmma accumulator layout: 32-byte groups XOR-swizzled by row, so the 8 rows one
@@ -649,11 +644,13 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
             (_dkdv_own_keys, (k_smem, v_smem, q_smem, do_smem, dk_desc, dv_desc, dk_ptr, dv_ptr, ring, lse_ptr,
                               delta_ptr, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale,
                               seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right, 0,
-                              BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN)),
+                              BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout,
+                              acc_layout, op_layout)),
             (_dkdv_own_keys, (k_smem, v_smem, q_smem, do_smem, dk_desc, dv_desc, dk_ptr, dv_ptr, ring, lse_ptr,
                               delta_ptr, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale,
                               seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right, 1,
-                              BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN)),
+                              BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout,
+                              acc_layout, op_layout)),
             (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, ring, cu_seqlens_q,
                               cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
                               BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN)),
@@ -671,11 +668,12 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
             (_dkdv_probabilities, (k_smem, q_smem, do_smem, p_smem, dv_desc, dv_ptr, bars, lse_ptr, cu_seqlens_q,
                                    cu_seqlens_k, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size,
                                    total_q, window_left, window_right, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS,
-                                   LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, RS_FIRST, VARLEN)),
+                                   LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, RS_FIRST, VARLEN, st_layout, acc_layout,
+                                   op_layout)),
             (_dkdv_score_grads, (v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, delta_ptr, cu_seqlens_q,
                                  cu_seqlens_k, softmax_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
                                  window_left, window_right, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS,
-                                 LEFT_BOUNDED, RIGHT_BOUNDED, RS_FIRST, VARLEN)),
+                                 LEFT_BOUNDED, RIGHT_BOUNDED, RS_FIRST, VARLEN, st_layout, acc_layout, op_layout)),
             (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, ring, cu_seqlens_q,
                               cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
                               BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN)),
