@@ -10,7 +10,6 @@ CUDA events around torch.autograd.grad) on the bench's shapes: bf16, 32k tokens,
 variants run on the same tensors, every variant then cuDNN, twice, so that clock drift and memory placement
 hit them alike.
 """
-import importlib
 import pathlib
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import flash256  # noqa: E402
 from flash256 import dispatch  # noqa: E402
 from flash256.bench.timing import Timer  # noqa: E402
 from flash256.testing import accuracy_check, reference_results  # noqa: E402
-from variants import tflops  # noqa: E402  (scripts/variants.py, beside this file)
+from variants import probe_module, tflops  # noqa: E402  (scripts/variants.py, beside this file)
 
 SOURCE = (ROOT / "flash256/kernels/sm90_bwd.py").read_text()
 CASES = ([(256, c, s) for s in (1024, 4096, 16384) for c in (False, True)]
@@ -44,9 +43,7 @@ def patched_source(patch):
 def module_for(variant):
     name, _, path = variant.partition("=")
     source = (patched_source(path) if path.endswith(".patch") else pathlib.Path(path).read_text()) if path else SOURCE
-    module = f"_probe_bwd_{name}"
-    (ROOT / f"flash256/kernels/{module}.py").write_text(source)
-    return importlib.import_module(f"flash256.kernels.{module}")
+    return probe_module(f"bwd_{name}", source)
 
 
 def use(mod):

@@ -20,7 +20,6 @@ Timing probes only: `hot` and `noload` compute garbage. While each 16k case runs
 SM clock and power, to tell a clock-limited kernel from a stalled one. `noload` multiplies whatever the
 shared memory holds, and tensor-core power depends on the data: compare its TFLOP/s per MHz, not its watts.
 """
-import importlib
 import pathlib
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import triton
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from variants import tflops  # noqa: E402  (scripts/variants.py, beside this file)
+from variants import probe_module, tflops  # noqa: E402  (scripts/variants.py, beside this file)
 SOURCE = (ROOT / "flash256/kernels/sm90_fwd.py").read_text()
 
 LOAD_K = "tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + j * BLOCK_N, kv_h, 0],"
@@ -71,9 +70,7 @@ def module_for(variant):
     for old, new in PATCHES.get(variant, []):
         assert old in source, (variant, old)
         source = source.replace(old, new)
-    name = f"_probe_{variant.replace('-', '_')}"
-    (ROOT / f"flash256/kernels/{name}.py").write_text(source)
-    return importlib.import_module(f"flash256.kernels.{name}")
+    return probe_module(variant.replace('-', '_'), source)
 
 
 def sample_clocks(fn, seconds=3.0):

@@ -13,6 +13,8 @@ time of that direction at d=256 (8 heads, 32k tokens; 1k/4k/16k), d=128 (16 head
 half), backward 2.5x that.
 """
 import dataclasses
+import importlib
+import pathlib
 import sys
 
 import torch
@@ -26,6 +28,13 @@ SHIPPED = {"fwd": (sm90_fwd.CONFIGS, dict(sm90_fwd.CONFIGS)),
            "bwd": (sm90_bwd.DKDV_CONFIGS, dict(sm90_bwd.DKDV_CONFIGS))}
 CASES = [(256, c, s) for c in (False, True) for s in (1024, 4096, 16384)] + \
         [(d, c, 8192) for d in (128, 64) for c in (False, True)]
+
+
+def probe_module(name, source):
+    """Import `source`, a version of a flash256/kernels module, as flash256.kernels._probe_<name> (git-ignored),
+    so that its relative imports resolve to the shipped package."""
+    (pathlib.Path(flash256.__file__).parent / "kernels" / f"_probe_{name}.py").write_text(source)
+    return importlib.import_module(f"flash256.kernels._probe_{name}")
 
 
 def apply(variant):
