@@ -25,7 +25,7 @@ def test_fwd_probe_patches_apply_to_the_shipped_forward():
 
 
 def test_bwd_probe_applies_the_stored_backward_patches():
-    """scripts/patches/*.patch are stored backward variants (NOTES.md has what each measured)."""
+    """scripts/patches/*.patch are stored backward variants and timing probes (NOTES.md has what each measured)."""
     probe = _script("bwd_probe")
     patches = sorted((SCRIPTS / "patches").glob("sm90_bwd_*.patch"))
     assert patches
