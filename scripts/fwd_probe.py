@@ -5,7 +5,8 @@
     python scripts/fwd_probe.py --ab [variant ...]     d=256 4k/16k, causal and not
     python scripts/fwd_probe.py --short [variant ...]  d=256 1k-8k non-causal, 1k-2k causal
     python scripts/fwd_probe.py --window [variant ...] d=256 causal sliding windows (Gemma 2/3 layers)
-      (--long, --ab, --short, --window: variants interleaved on the same tensors, two rounds, 250 ms warm-up;
+    python scripts/fwd_probe.py --small [variant ...]  d=128 and d=64 at 2k and 8k, causal and not
+      (--long, --ab, --short, --window, --small: variants interleaved on the same tensors, two rounds, 250 ms warm-up;
        q0 = the kernel without Q in registers, left3 = the split key loops with a window's left edge too,
        static = the static persistent scheduler where "single" is the default)
 
@@ -29,6 +30,7 @@ import triton
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from flash256.kernels.sm90_fwd import SCHEDULERS  # noqa: E402
 from variants import probe_module, tflops  # noqa: E402  (scripts/variants.py, beside this file)
 SOURCE = (ROOT / "flash256/kernels/sm90_fwd.py").read_text()
 
@@ -173,15 +175,29 @@ def window_cases():
                dict(causal=True, window=(window, 0), softcap=softcap), 4 * (32768 // seqlen) * 8 * 256 * pairs)
 
 
-def interleaved(variants, cases, rounds=2):
+def small_dim_cases():
+    """d=128 (16 heads) and d=64 (32 heads) at 2k and 8k (32k tokens), causal and not."""
+    for d in (128, 64):
+        for seqlen in (2048, 8192):
+            for causal in (False, True):
+                q, k, v = (torch.randn(32768 // seqlen, seqlen, 2048 // d, d, device="cuda", dtype=torch.bfloat16)
+                           for _ in range(3))
+                yield (f"d{d} {seqlen // 1024}k{' causal' if causal else ''}", (q, k, v), dict(causal=causal),
+                       4 * 32768 * 2048 * seqlen / (2 if causal else 1))
+
+
+def interleaved(variants, cases, rounds=2, dims=(256, )):
     """Every variant on the same tensors per case, in turn, `rounds` times (clock drift hits all alike);
-    warm-up 250 ms so each timing is at the power-capped sustained clock (NOTES.md)."""
+    warm-up 250 ms so each timing is at the power-capped sustained clock (NOTES.md). Each variant is first
+    checked at the head dims `dims` with every scheduler, a window and a soft cap."""
     modules = {}
     for variant in variants:
         modules[variant] = module_for(variant)
-        failures = (check(modules[variant], (256, ), "dynamic") + check(modules[variant], (256, ))
-                    + check(modules[variant], (256, ), window=(300, 0)) + check(modules[variant], (256, ),
-                                                                              window=(200, 100), softcap=20.0))
+        if variant == "base":
+            continue  # the shipped kernel: the test suite checks it
+        mod = modules[variant]
+        failures = [f for scheduler in SCHEDULERS for f in check(mod, dims, scheduler)]
+        failures += check(mod, dims, window=(300, 0)) + check(mod, dims, window=(200, 100), softcap=20.0)
         print(variant, "correct" if not failures else f"WRONG: {failures[:4]}", flush=True)
     table = {}
     for label, (q, k, v), options, flops in cases:
@@ -207,5 +223,7 @@ if __name__ == "__main__":
         interleaved(sys.argv[2:] or ["base"], short_cases())
     elif sys.argv[1:2] == ["--window"]:
         interleaved(sys.argv[2:] or ["base"], window_cases())
+    elif sys.argv[1:2] == ["--small"]:
+        interleaved(sys.argv[2:] or ["base"], small_dim_cases(), dims=(128, 64))
     else:
         main(sys.argv[1:] or ["base", "hot", "noload"])
