@@ -6,8 +6,8 @@
     python scripts/fwd_probe.py --short [variant ...]  d=256 1k-8k non-causal, 1k-2k causal
     python scripts/fwd_probe.py --window [variant ...] d=256 causal sliding windows (Gemma 2/3 layers)
     python scripts/fwd_probe.py --small [variant ...]  d=128 and d=64 at 2k and 8k, causal and not
-      (--long, --ab, --short, --window, --small: variants interleaved on the same tensors, two rounds, 250 ms warm-up;
-       q0 = the kernel without Q in registers, left3 = the split key loops with a window's left edge too,
+      (--long, --ab, --short, --window, --small: variants interleaved on the same tensors, two rounds, 250 ms
+       warm-up; q0 = the kernel without Q in registers, left3 = the split key loops with a window's left edge too,
        static = the static persistent scheduler where "single" is the default)
 
 Times `sm90_forward` (bf16, 32k tokens, 2048 // d heads: d=256 at 4k and 16k, d=128 and d=64 at 8k; causal
