@@ -47,13 +47,15 @@ def run_and_check(q, k, v, backward=True, backend="auto", exp2_poly_fraction=Non
 
 
 def assert_bitwise_repeatable(q, k, v, dout, causal, runs):
-    """deterministic=True: every run's (dq, dk, dv) equals the first bit for bit, and is not all zero."""
+    """deterministic=True: every run's (dq, dk, dv) equals the first bit for bit, and the first meets the
+    accuracy rule (the deterministic path is its own kernel build at d <= 128)."""
     grads = []
     for _ in range(runs):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         out = flash256.flash_attn_func(*leaves, causal=causal, deterministic=True)
         grads.append(torch.autograd.grad(out, leaves, dout))
-    assert all(g.abs().max() > 0 for g in grads[0])
+    failures = check_against_reference(dict(zip(("dq", "dk", "dv"), grads[0])), q, k, v, dout, causal=causal)
+    assert not failures, failures
     for run in grads[1:]:
         for a, b in zip(grads[0], run):
             assert torch.equal(a, b)

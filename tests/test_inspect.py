@@ -141,15 +141,15 @@ def test_compile_sm90_dq_mask_keeps_no_column_indices():
 
 @compiles
 def test_compile_serialised_wgmma_is_a_problem():
-    """The key-split dK/dV kernel at d=128 with 64-row Q/dO tiles keeps dK, dV, S^T, dP^T and both operands
-    live (224 registers): ptxas then makes every wgmma wait for the previous one (C7512), which spills nothing
-    yet removes all overlap. The shipped 32-row tiles (176 registers) keep them asynchronous."""
+    """The GEMM-split dK/dV kernel at d=256 with 128-row Q/dO tiles keeps its accumulator, S^T and the
+    previous tile's operand live (224 registers): ptxas then makes every wgmma wait for the previous one
+    (C7512), which removes all overlap. The shipped 64-row tiles (176 registers) keep them asynchronous."""
     from dataclasses import replace
 
-    from flash256.kernels.sm90_bwd import DKDV_D128, compile_dkdv
-    wide = sass_stats(compile_dkdv(replace(DKDV_D128, block_m=64, qdo_stages=4), False))
+    from flash256.kernels.sm90_bwd import DKDV_D256, compile_dkdv
+    wide = sass_stats(compile_dkdv(replace(DKDV_D256, block_m=128, qdo_stages=1, p_buffers=1), False))
     assert wide["wgmma_serialized"] and any("serialised" in p for p in problems(wide, 90)), wide
-    shipped = sass_stats(compile_dkdv(DKDV_D128, True))
+    shipped = sass_stats(compile_dkdv(DKDV_D256, True))
     assert not shipped["wgmma_serialized"] and shipped["spill_bytes"] == 0 and not problems(shipped, 90), shipped
 
 

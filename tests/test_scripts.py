@@ -24,12 +24,18 @@ def test_fwd_probe_patches_apply_to_the_shipped_forward():
             assert old != new, name
 
 
-def test_bwd_probe_applies_the_stored_backward_patches():
-    """scripts/patches/*.patch are stored backward variants and timing probes (NOTES.md has what each measured)."""
+def test_bwd_probe_applies_backward_patches(tmp_path):
+    """bwd_probe takes a variant as a unified diff against sm90_bwd.py (scripts/patches/ keeps the ones still
+    to be measured; NOTES.md has what each measured): a diff made here, and every stored one, applies."""
+    import difflib
     probe = _script("bwd_probe")
-    patches = sorted((SCRIPTS / "patches").glob("sm90_bwd_*.patch"))
-    assert patches
-    for patch in patches:
+    old = probe.SOURCE.splitlines(keepends=True)
+    new = [line.replace("num_warps=4", "num_warps=8") for line in old]
+    diff = tmp_path / "variant.patch"
+    diff.write_text("".join(difflib.unified_diff(old, new, "a/flash256/kernels/sm90_bwd.py",
+                                                 "b/flash256/kernels/sm90_bwd.py")))
+    assert probe.patched_source(diff) == "".join(new) != probe.SOURCE
+    for patch in sorted((SCRIPTS / "patches").glob("sm90_bwd_*.patch")):
         patched = probe.patched_source(patch)
         assert patched != probe.SOURCE and "def sm90_backward(" in patched, patch
         compile(patched, str(patch), "exec")

@@ -1,11 +1,13 @@
-"""Hopper (sm_90a) attention backward in Gluon: atomic-free, deterministic, two kernels.
+"""Hopper (sm_90a) attention backward in Gluon: a dK/dV kernel and a dQ kernel, or one fused kernel.
 
 Dispatched by default on sm_90 for d = 64/128/256: plain, causal, sliding-window and soft-capped
-attention, learnable sinks and packed (varlen) batches (sm90_rows.py). Measured on
-an H200, 2026-12-01 (BENCHMARKS.md): 84/84 plain/causal and 160/160 window/softcap correctness cases,
-bit-identical reruns, 1.10-1.29x cuDNN at d=256 from 4k. In `python -m flash256.inspect`'s default list; the
-d=256 dQ kernel spills a few scalars (none plain non-causal; 12-36 B causal, with a window or packed: the
-shared-memory base the wgmma descriptors start from, and bounds), declared in DQ_D256_KNOWN_SPILL_BYTES.
+attention, learnable sinks and packed (varlen) batches (sm90_rows.py). d=256 is atomic-free: two kernels.
+d <= 128 computes dQ inside the dK/dV kernel and adds it to an fp32 buffer with TMA bulk reductions, whose
+order varies run to run; deterministic=True (and a window with a soft cap) runs that kernel without the dQ
+part, then the dQ kernel. Measured on an H200 (BENCHMARKS.md, NOTES.md). In `python -m flash256.inspect`'s
+default list; the d=256 dQ kernel and the d=128 dK/dV kernel spill a few bytes (the shared-memory bases the
+wgmma descriptors start from, and bounds), declared in DQ_D256_KNOWN_SPILL_BYTES and
+DKDV_D128_KNOWN_SPILL_BYTES.
 
 With S = Q K^T, P = exp(scale S - lse), dP = dO V^T, dS = P * (dP - delta) (delta = rowsum(dO O) - dLSE):
     dV = P^T dO,   dK = scale dS^T Q,   dQ = scale dS K.
@@ -21,6 +23,9 @@ tile's four GEMMs in one of two ways (Sm90BwdDkdvConfig.key_split):
     accumulator (128 registers/thread): both would not fit one warpgroup.
   * key split (d <= 128, 128 keys): each warpgroup owns 64 of the keys with both accumulators and all four
     GEMMs, and the Q/dO tiles are shared: every streamed byte feeds 128 keys, half the traffic per GEMM.
+    P^T and dS^T go to shared memory (SS GEMMs; the producer stages each tile's lse and delta there too),
+    which frees the registers for 64-row Q/dO tiles and lets warpgroup 0 compute the tile's dQ = dS K from
+    both warpgroups' dS^T as one 128-key GEMM pair (fused_dq): 5 GEMMs per tile instead of the two kernels' 7.
 Either way one warpgroup's elementwise work overlaps the other's GEMMs.
 
 dQ kernel: one CTA per (128-query block, batch, head): one 8-warp consumer partition (two warpgroups,
@@ -51,18 +56,21 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
     mbarrier,
     tma,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
 
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
 from .portable_bwd import attention_delta
 from .portable_fwd import score_scales
 from .sm90_masking import (key_blocks, mask_arguments, query_tiles, soft_cap, unmasked_key_blocks, visible_keys,
                            visible_queries_t, window_offsets)
 from .sm90_fwd import _GL_DTYPES, _SIG_DTYPES, _tma_operand, int_placeholder, io_block, smem_layout, tma_descriptor
-from .sm90_rows import clip_to_sequence, sequence_rows, store_tile
+from .sm90_rows import clip_to_sequence, sequence_rows, store_tile, tma_reduce_add, zero_rows_past
 
 SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
 REGISTERS_PER_SM = 65536
@@ -86,6 +94,10 @@ class Sm90BwdDkdvConfig:
     qdo_stages: int  # depth of the Q/dO ring (one stage = a Q tile + a dO tile)
     p_buffers: int = 0  # depth of the fp32 P^T exchange ring between the two warpgroups (GEMM split only)
     key_split: bool = False
+    # key split, d <= 128: dQ = dS K of every tile computed here too (by warpgroup 0, from both warpgroups' dS^T in
+    # shared memory) and added to an fp32 dQ with TMA bulk reductions: no dQ kernel, 5 GEMMs instead of 7.
+    # deterministic=True runs the same kernel without it, then the dQ kernel.
+    fused_dq: bool = False
     # Issue the pending RS GEMM (dV / dK of the previous tile) before this tile's SS GEMM, so a Q/dO stage
     # is freed ~3 GEMMs before the producer's next load is needed instead of ~1: pays with a 2-stage
     # ring (d=256: +9..20% measured), costs ~1.5% with 4 stages (d=128), where loads are not late.
@@ -109,15 +121,28 @@ class Sm90BwdDkdvConfig:
 
     @property
     def smem_p(self) -> int:
+        """GEMM split: the fp32 P^T exchange ring. Key split: P^T and dS^T of two tiles per warpgroup, 16-bit."""
+        if self.key_split:
+            return 2 * 2 * 2 * WARPGROUP_ROWS * self.block_m * self.elem_bytes
         return self.p_buffers * self.block_n * self.block_m * 4
 
     @property
-    def smem_barriers(self) -> int:  # kv_ready + ready/empty per Q/dO stage + ready/empty per P slot
-        return BARRIER_BYTES * (1 + 2 * self.qdo_stages + 2 * self.p_buffers)
+    def smem_stats(self) -> int:  # key split: the base-2 lse and delta of each Q/dO stage's rows, fp32
+        return 2 * self.qdo_stages * self.block_m * 4 if self.key_split else 0
+
+    @property
+    def smem_dq(self) -> int:  # fused dQ: one tile's fp32 dQ staged for its TMA reductions
+        return self.block_m * self.head_dim * 4 if self.fused_dq else 0
+
+    @property
+    def smem_barriers(self) -> int:
+        """kv_ready + ready/empty per Q/dO stage + GEMM split: ready/empty per P slot; key split: dS^T
+        ready/free per slot."""
+        return BARRIER_BYTES * (1 + 2 * self.qdo_stages + (4 if self.key_split else 2 * self.p_buffers))
 
     @property
     def smem_total(self) -> int:
-        return self.smem_kv + self.smem_qdo + self.smem_p + self.smem_barriers
+        return self.smem_kv + self.smem_qdo + self.smem_p + self.smem_stats + self.smem_dq + self.smem_barriers
 
     # fp32 registers per consumer thread (a warpgroup = 128 threads; its wgmmas have 64 rows)
     @property
@@ -129,8 +154,8 @@ class Sm90BwdDkdvConfig:
         return (2 if self.key_split else 1) * WARPGROUP_ROWS * self.block_m // 128
 
     @property
-    def regs_operand(self) -> int:  # P^T or dS^T (key split: both) in 16 bits, two per register
-        return self.regs_s // 2
+    def regs_operand(self) -> int:  # GEMM split: P^T or dS^T in 16 bits, two per register (key split: in smem)
+        return 0 if self.key_split else self.regs_s // 2
 
     @property
     def register_budget(self) -> int:
@@ -142,16 +167,19 @@ class Sm90BwdDkdvConfig:
 
     def describe(self) -> str:
         return (f"dkdv_d{self.head_dim}_n{self.block_n}_m{self.block_m}_s{self.qdo_stages}_p{self.p_buffers}"
-                f"{'_keysplit' if self.key_split else ''} "
-                f"smem={self.smem_total}B (KV {self.smem_kv} + QdO {self.smem_qdo} + P {self.smem_p}) "
+                f"{'_keysplit' if self.key_split else ''}"
+                f"{'_fuseddq' if self.fused_dq else ''} smem={self.smem_total}B (KV {self.smem_kv} + QdO "
+                f"{self.smem_qdo} + P {self.smem_p} + stats {self.smem_stats} + dQ {self.smem_dq}) "
                 f"regs/thread acc={self.regs_acc} S={self.regs_s} op={self.regs_operand}")
 
     def check(self) -> None:
         assert (self.p_buffers == 0) == self.key_split and not (self.key_split and self.rs_first), self.describe()
+        assert self.key_split or not self.fused_dq, self.describe()
         assert self.smem_total <= SMEM_LIMIT_BYTES, self.describe()
         assert self.register_budget <= REGISTERS_PER_SM, self.describe()
-        # live in a consumer's inner loop: accumulators + S^T/dP^T + the previous tile's operands + slack (the
-        # lse/delta columns, addresses; 224 of 240 at d=128 with 64-row tiles serialised the wgmmas)
+        # live in a consumer's inner loop: accumulators + S^T/dP^T + the previous tile's operands + slack
+        # (addresses, the dQ accumulator's share; 224 of 240 at d=128 with 64-row tiles in registers serialised
+        # the wgmmas, which is why the key split keeps P^T and dS^T in shared memory)
         assert self.regs_acc + self.regs_s + self.regs_operand <= self.consumer_regs - 48, self.describe()
 
 
@@ -220,11 +248,13 @@ class Sm90BwdDqConfig:
 # d=256 dK/dV: K + V 64 KB, 2 Q/dO stages x 64 KB, 2 P^T slots x 16 KB = 224 KB (+ 72 B barriers).
 # Registers: accumulator 128 + S^T 32 + operand 16 = 176 of 240.
 DKDV_D256 = Sm90BwdDkdvConfig(head_dim=256, qdo_stages=2, p_buffers=2, rs_first=True)
-# d=128, key split: K + V 64 KB (128 keys), 6 stages x 16 KB (32-row Q/dO tiles) = 160 KB. Registers dK + dV
-# 128 + S^T + dP^T 32 + P^T + dS^T 16 = 176 of 240. (64-row tiles, 224 registers, spill and serialise the wgmmas.)
-DKDV_D128 = Sm90BwdDkdvConfig(head_dim=128, qdo_stages=6, block_m=32, key_split=True)
-# d=64, key split: K + V 32 KB, 4 stages x 16 KB = 96 KB. Registers 64 + 64 + 32.
-DKDV_D64 = Sm90BwdDkdvConfig(head_dim=64, qdo_stages=4, key_split=True)
+# d=128, key split, fused dQ: K + V 64 KB (128 keys), 2 stages x 32 KB (64-row Q/dO tiles), P^T/dS^T slots
+# 64 KB, lse/delta 1 KB, dQ staging 32 KB = 225 KB. Registers dK + dV 128 + S^T + dP^T 64 = 192 of 240; the
+# dQ accumulator (64 more, warpgroup 0) lives between tiles.
+DKDV_D128 = Sm90BwdDkdvConfig(head_dim=128, qdo_stages=2, key_split=True, fused_dq=True)
+# d=64, key split, fused dQ: K + V 32 KB, 4 stages x 16 KB, P^T/dS^T 64 KB, lse/delta 2 KB, dQ 16 KB = 178 KB.
+# Registers 64 + 64 + 32 (dQ 32).
+DKDV_D64 = Sm90BwdDkdvConfig(head_dim=64, qdo_stages=4, key_split=True, fused_dq=True)
 
 # d=256 dQ: Q + dO 128 KB, K 2 x 32 KB, V 1 x 32 KB = 224 KB. V is released right after the dP GEMM,
 # K only after the dQ GEMM of the next iteration, so K gets the second stage.
@@ -255,15 +285,18 @@ def _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size):
 @gluon.jit
 def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, bars, cu_seqlens_q,
                    cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
+                   stats, lse_ptr, delta_ptr, total_q,
                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                   LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, VARLEN: gl.constexpr):
+                   LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, VARLEN: gl.constexpr,
+                   STATS: gl.constexpr):
     """K and V of the CTA's BLOCK_N keys once, then every Q/dO tile that sees them (all query heads of the
-    group) through the ring."""
+    group) through the ring; with STATS also the tile's base-2 lse and delta into `stats` (a second arrive on
+    the stage's ready barrier)."""
     kv_ready, qdo_ready, qdo_empty = bars
     n_start = gl.program_id(0) * BLOCK_N
     b = gl.program_id(1) // num_kv_heads
     kv_head = gl.program_id(1) - b * num_kv_heads
-    q_batch, q_first, q_len, _q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
+    q_batch, q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
     k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
     mbarrier.expect(kv_ready, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + n_start, kv_head, 0], kv_ready, k_smem)
@@ -280,6 +313,16 @@ def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_s
                                         qdo_ready.index(stage), q_smem.index(stage))
         tma.async_copy_global_to_shared(do_desc, [q_batch, q_first + m_block * BLOCK_M, head, 0],
                                         qdo_ready.index(stage), do_smem.index(stage))
+        if STATS:
+            # the tile's base-2 lse and delta beside it in shared memory: the consumers read them where they
+            # use them instead of holding 2 x 16 registers through the tile
+            lse_smem, delta_smem = stats
+            row_layout: gl.constexpr = gl.BlockedLayout([BLOCK_M // 32], [32], [1], [0])
+            lse_smem.index(stage).store(_row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q, float("inf"),
+                                                   BLOCK_M, row_layout) * LOG2E)
+            delta_smem.index(stage).store(_row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0,
+                                                     BLOCK_M, row_layout))
+            mbarrier.arrive(qdo_ready.index(stage))
 
 
 @gluon.jit
@@ -492,16 +535,6 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, de
 
 
 @gluon.jit
-def _own_keys_tile(t, m_first, n_m, kv_head, group_size, lse_ptr, delta_ptr, q_flat, q_len, total_q,
-                   BLOCK_M: gl.constexpr, col_layout: gl.constexpr):
-    """Key split, tile t: its query block, and the base-2 lse and delta of its rows."""
-    head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
-    lse2 = _row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q, float("inf"), BLOCK_M, col_layout) * LOG2E
-    delta = _row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0, BLOCK_M, col_layout)
-    return m_block, lse2, delta
-
-
-@gluon.jit
 def _own_keys_scores(k_own, v_own, q_buf, do_buf, st_layout: gl.constexpr, ROWS: gl.constexpr,
                      BLOCK_M: gl.constexpr):
     """Key split: issue S^T = K Q^T and dP^T = V dO^T (async, SS) for this warpgroup's keys."""
@@ -512,38 +545,65 @@ def _own_keys_scores(k_own, v_own, q_buf, do_buf, st_layout: gl.constexpr, ROWS:
 
 
 @gluon.jit
-def _own_keys_operands(s_t, dp_t, lse2, delta, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
-                       softcap_scale, q_len, k_len, window_left, window_right, dtype: gl.constexpr,
-                       st_layout: gl.constexpr, op_layout: gl.constexpr, ROWS: gl.constexpr,
-                       BLOCK_M: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
-                       SOFTCAP: gl.constexpr):
-    """Key split: wait for S^T (P^T's exp2 then runs under dP^T), then for dP^T; P^T and dS^T as the 16-bit A
-    operands of dV += P^T dO and dK += dS^T Q."""
+def _own_keys_staged(s_t, dp_t, lse_buf, delta_buf, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
+                     softcap_scale, q_len, k_len, window_left, window_right, p_buf, ds_buf, dtype: gl.constexpr,
+                     st_layout: gl.constexpr, ROWS: gl.constexpr, BLOCK_M: gl.constexpr,
+                     LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr):
+    """Key split, 64-row tiles: P^T and dS^T into shared memory (the A operands of SS dV and dK GEMMs), lse and
+    delta read from shared memory where they are used."""
+    col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
     s_t = warpgroup_mma_wait(1, deps=(s_t, ))
-    p_t, p_grad = _probabilities_t(s_t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale, softcap_scale,
-                                   q_len, k_len, window_left, window_right, st_layout, ROWS, BLOCK_M,
-                                   LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
-    p_op = gl.convert_layout(p_t.to(dtype), op_layout)
+    p_t, p_grad = _probabilities_t(s_t, lse_buf.load(col_layout), n_start, m_block, unmasked_lo, unmasked_hi,
+                                   qk_scale, softcap_scale, q_len, k_len, window_left, window_right, st_layout,
+                                   ROWS, BLOCK_M, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
+    p_buf.store(p_t.to(dtype))
     dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
-    ds_op = gl.convert_layout((p_grad * (dp_t - delta[None, :])).to(dtype), op_layout)
-    return p_op, ds_op
+    ds_buf.store((p_grad * (dp_t - delta_buf.load(col_layout)[None, :])).to(dtype))
+    fence_async_shared()
 
 
 @gluon.jit
-def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, dk_desc, dv_desc, dk_ptr, dv_ptr, bars, lse_ptr, delta_ptr,
-                   cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k,
-                   num_kv_heads, group_size, total_q, window_left, window_right, WARPGROUP: gl.constexpr,
+def _fused_dq(t, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, WARPGROUP: gl.constexpr,
+              BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr):
+    """dQ = dS K of tile t (both warpgroups' keys), staged in shared memory and added to the fp32 dQ by two TMA
+    bulk reductions (one per half of the head dims: a reduction box is at most 256 elements wide)."""
+    ds_ready, ds_free, dq_stage, dq_desc = fused
+    ROWS: gl.constexpr = k_smem.shape[0] // 2
+    HALF_D: gl.constexpr = HEAD_DIM // 2
+    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, HEAD_DIM, 16])
+    slot = t % 2
+    mbarrier.wait(ds_ready.index(slot), (t // 2) & 1)
+    dq = warpgroup_mma(pds_smem.index(2 * slot + 1).permute((1, 0)), k_smem.slice(0, ROWS, dim=0),
+                       gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout), use_acc=False, is_async=True)
+    dq = warpgroup_mma(pds_smem.index(4 + 2 * slot + 1).permute((1, 0)), k_smem.slice(ROWS, ROWS, dim=0), dq,
+                       is_async=True)
+    dq = warpgroup_mma_wait(0, deps=(dq, ))
+    mbarrier.arrive(ds_free.index(slot))
+    row = q_first + m_block * BLOCK_M
+    tma.store_wait(0)  # the previous tile's reductions have read the buffer
+    dq_stage.store(dq)
+    fence_async_shared()
+    tma_reduce_add(dq_desc, [q_batch, row, head, 0], dq_stage.slice(0, HALF_D, dim=1))
+    tma_reduce_add(dq_desc, [q_batch, row, head, HALF_D], dq_stage.slice(HALF_D, HALF_D, dim=1))
+
+
+@gluon.jit
+def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, pds_smem, lse_smem, delta_smem, fused, dk_desc, dv_desc,
+                   dk_ptr, dv_ptr, bars, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale,
+                   seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right, WARPGROUP: gl.constexpr,
                    BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
                    LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
                    VARLEN: gl.constexpr, st_layout: gl.constexpr, acc_layout: gl.constexpr,
-                   op_layout: gl.constexpr):
+                   FUSED_DQ: gl.constexpr):
     """Key split: keys [64 WARPGROUP, 64 WARPGROUP + 64) of the CTA's 128, with all four GEMMs of every tile:
-    S^T = K Q^T and dP^T = V dO^T (SS), P^T and dS^T in registers, dV += P^T dO and dK += dS^T Q (RS, issued
-    with the next tile's SS GEMMs, so the exp2 of one tile runs under the other GEMMs). Stores dV and scale * dK."""
+    S^T = K Q^T and dP^T = V dO^T, P^T and dS^T into this warpgroup's shared-memory slot of the tile (two slots,
+    alternating), then dV += P^T dO and dK += dS^T Q issued with the next tile's S^T and dP^T, so the exp2 of one
+    tile runs under the other GEMMs. FUSED_DQ: once both warpgroups' dS^T of a tile are in, warpgroup 0 also adds
+    its dQ = dS K (`_fused_dq`). Stores dV and scale * dK."""
     kv_ready, qdo_ready, qdo_empty = bars
     dtype: gl.constexpr = k_smem.dtype
     ROWS: gl.constexpr = k_smem.shape[0] // 2  # one wgmma M
-    col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
     k_own = k_smem.slice(WARPGROUP * ROWS, ROWS, dim=0)
     v_own = v_smem.slice(WARPGROUP * ROWS, ROWS, dim=0)
 
@@ -551,8 +611,10 @@ def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, dk_desc, dv_desc, dk_ptr, dv
     n_start = cta_start + WARPGROUP * ROWS
     b = gl.program_id(1) // num_kv_heads
     kv_head = gl.program_id(1) - b * num_kv_heads
-    _q_batch, _q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
+    q_batch, q_first, q_len, _q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
     k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
+    ds_ready, ds_free, _dq_stage, _dq_desc = fused
+    MINE: gl.constexpr = 4 * WARPGROUP  # this warpgroup's P^T / dS^T slots in pds_smem
     # The producer streams the tiles any of the CTA's keys see; the ones this warpgroup's keys see only in
     # part (or not at all) fall outside its own unmasked range and get the element mask.
     m_first, n_m, _lo, _hi = query_tiles(cta_start, q_len, k_len, window_left, window_right, BLOCK_M, 2 * ROWS,
@@ -564,55 +626,75 @@ def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, dk_desc, dv_desc, dk_ptr, dv
     dk = gl.zeros([ROWS, HEAD_DIM], gl.float32, acc_layout)
     dv = gl.zeros([ROWS, HEAD_DIM], gl.float32, acc_layout)
     mbarrier.wait(kv_ready, 0)
+    if FUSED_DQ and VARLEN:  # dQ = dS K: keys past the sequence must be zero, as TMA leaves them unpacked
+        if n_start + ROWS > k_len:
+            zero_rows_past(k_own, n_start, k_len, ROWS, HEAD_DIM, 4)
     if n_tiles > 0:
-        m_block, lse2, delta = _own_keys_tile(0, m_first, n_m, kv_head, group_size, lse_ptr, delta_ptr, q_flat,
-                                              q_len, total_q, BLOCK_M, col_layout)
+        head, m_block = _dkdv_tile_coords(0, m_first, n_m, kv_head, group_size)
         mbarrier.wait(qdo_ready.index(0), 0)
         s_t, dp_t = _own_keys_scores(k_own, v_own, q_smem.index(0), do_smem.index(0), st_layout, ROWS,
                                       BLOCK_M)
-        p_op, ds_op = _own_keys_operands(s_t, dp_t, lse2, delta, n_start, m_block, unmasked_lo, unmasked_hi,
-                                         qk_scale, softcap_scale, q_len, k_len, window_left, window_right,
-                                         dtype, st_layout, op_layout, ROWS, BLOCK_M, LEFT_BOUNDED, RIGHT_BOUNDED,
-                                         SOFTCAP)
+        _own_keys_staged(s_t, dp_t, lse_smem.index(0), delta_smem.index(0), n_start, m_block, unmasked_lo,
+                         unmasked_hi, qk_scale, softcap_scale, q_len, k_len, window_left, window_right,
+                         pds_smem.index(MINE), pds_smem.index(MINE + 1), dtype, st_layout, ROWS, BLOCK_M,
+                         LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
+        if FUSED_DQ:
+            mbarrier.arrive(ds_ready.index(0))
+            if WARPGROUP == 0:
+                _fused_dq(0, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, WARPGROUP, BLOCK_M, HEAD_DIM)
         prev_stage = 0
         for t in range(1, n_tiles):
             stage = t % STAGES
-            m_block, lse2, delta = _own_keys_tile(t, m_first, n_m, kv_head, group_size, lse_ptr, delta_ptr, q_flat,
-                                                  q_len, total_q, BLOCK_M, col_layout)
-            dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
-            dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
+            prev_slot = 2 * ((t - 1) % 2)
+            slot = 2 * (t % 2)
+            head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
+            dv = warpgroup_mma(pds_smem.index(MINE + prev_slot), do_smem.index(prev_stage), dv, is_async=True)
+            dk = warpgroup_mma(pds_smem.index(MINE + prev_slot + 1), q_smem.index(prev_stage), dk, is_async=True)
             mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
             s_t, dp_t = _own_keys_scores(k_own, v_own, q_smem.index(stage), do_smem.index(stage), st_layout,
                                           ROWS, BLOCK_M)
-            dv, dk, p_op, ds_op = warpgroup_mma_wait(2, deps=(dv, dk, p_op, ds_op))
+            dv, dk = warpgroup_mma_wait(2, deps=(dv, dk))
             mbarrier.arrive(qdo_empty.index(prev_stage))
-            p_op, ds_op = _own_keys_operands(s_t, dp_t, lse2, delta, n_start, m_block, unmasked_lo, unmasked_hi,
-                                             qk_scale, softcap_scale, q_len, k_len, window_left, window_right,
-                                             dtype, st_layout, op_layout, ROWS, BLOCK_M, LEFT_BOUNDED,
-                                             RIGHT_BOUNDED, SOFTCAP)
+            if FUSED_DQ:  # the dQ GEMM of tile t - 2 has read this slot's dS^T
+                mbarrier.wait(ds_free.index(t % 2), ((t // 2) & 1) ^ 1)
+            _own_keys_staged(s_t, dp_t, lse_smem.index(stage), delta_smem.index(stage), n_start, m_block,
+                             unmasked_lo, unmasked_hi, qk_scale, softcap_scale, q_len, k_len, window_left,
+                             window_right, pds_smem.index(MINE + slot), pds_smem.index(MINE + slot + 1), dtype,
+                             st_layout, ROWS, BLOCK_M, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
+            if FUSED_DQ:
+                mbarrier.arrive(ds_ready.index(t % 2))
+                if WARPGROUP == 0:
+                    _fused_dq(t, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, WARPGROUP, BLOCK_M,
+                              HEAD_DIM)
             prev_stage = stage
-        dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
-        dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
-        dv, dk, p_op, ds_op = warpgroup_mma_wait(0, deps=(dv, dk, p_op, ds_op))
+        last = 2 * ((n_tiles - 1) % 2)
+        dv = warpgroup_mma(pds_smem.index(MINE + last), do_smem.index(prev_stage), dv, is_async=True)
+        dk = warpgroup_mma(pds_smem.index(MINE + last + 1), q_smem.index(prev_stage), dk, is_async=True)
+        dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
         mbarrier.arrive(qdo_empty.index(prev_stage))
-    # K and V are dead (only this warpgroup reads its rows): stage dV and dK there.
+        if FUSED_DQ:  # warpgroup 0's last dQ GEMM has read these K rows
+            mbarrier.wait(ds_free.index((n_tiles - 1) % 2), ((n_tiles - 1) // 2) & 1)
+    # K and V are dead (no GEMM reads them any more): stage dV and dK there.
     store_tile(dv.to(dtype), k_own, dv_desc, dv_ptr, num_kv_heads * HEAD_DIM, k_batch, k_first, n_start, kv_head,
                k_len, ROWS, HEAD_DIM, 4, VARLEN)
     store_tile((dk * softmax_scale).to(dtype), v_own, dk_desc, dk_ptr, num_kv_heads * HEAD_DIM, k_batch, k_first,
                n_start, kv_head, k_len, ROWS, HEAD_DIM, 4, VARLEN)
+    if FUSED_DQ:
+        tma.store_wait(0)  # the last dQ reductions have read their staging buffer
 
 
 # Sizes are not specialised (no recompiles for seqlen 1 or odd lengths); only the constexprs are.
 @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_kv_heads", "group_size", "total_q", "window_left",
                               "window_right"])
-def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dk_ptr, dv_ptr, lse_ptr, delta_ptr,
-                              cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale, seqlen_q,
+def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dk_ptr, dv_ptr, dq_desc, lse_ptr,
+                              delta_ptr, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale, seqlen_q,
                               seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
                               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                               STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
                               RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
                               CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-                              RS_FIRST: gl.constexpr, KEY_SPLIT: gl.constexpr, VARLEN: gl.constexpr):
+                              RS_FIRST: gl.constexpr, KEY_SPLIT: gl.constexpr, VARLEN: gl.constexpr,
+                              FUSED_DQ: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
     # the consumers' wgmma layouts (every wgmma here has 64 rows: one warpgroup's keys): S^T and dP^T
     # (64 x BLOCK_M), the dK / dV accumulators (64 x HEAD_DIM), P^T and dS^T as their A operand
@@ -636,24 +718,42 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
     qdo_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_ready, count=1)
     for i in gl.static_range(STAGES):
-        mbarrier.init(qdo_ready.index(i), count=1)
+        # key split: the producer's expect (TMA bytes) and its arrive after staging lse and delta
+        mbarrier.init(qdo_ready.index(i), count=2 if KEY_SPLIT else 1)
         mbarrier.init(qdo_empty.index(i), count=2)  # both warpgroups release each Q/dO stage
     ring = (kv_ready, qdo_ready, qdo_empty)
     if KEY_SPLIT:
+        # P^T and dS^T of two tiles per warpgroup (slots 4 WARPGROUP + 2 (t % 2) + {0: P^T, 1: dS^T}): the
+        # A operands of the warpgroup's dV / dK GEMMs and, with FUSED_DQ, of warpgroup 0's dQ GEMM
+        pds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N // 2, BLOCK_M], dtype)
+        pds = gl.allocate_shared_memory(dtype, [8, BLOCK_N // 2, BLOCK_M], pds_layout)
+        ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(2):
+            mbarrier.init(ds_ready.index(i), count=2)  # both warpgroups' dS^T of the tile are in
+            mbarrier.init(ds_free.index(i), count=1)  # warpgroup 0's dQ GEMM has read them
+        # one tile's fp32 dQ, staged for its TMA reductions (a token allocation without FUSED_DQ)
+        dq_stage_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM // 2], gl.float32)
+        dq_stage = gl.allocate_shared_memory(gl.float32, [BLOCK_M, HEAD_DIM if FUSED_DQ else 8], dq_stage_layout)
+        fused = (ds_ready, ds_free, dq_stage, dq_desc)
+        vec_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+        lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], vec_layout)
+        delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], vec_layout)
         gl.warp_specialize([
-            (_dkdv_own_keys, (k_smem, v_smem, q_smem, do_smem, dk_desc, dv_desc, dk_ptr, dv_ptr, ring, lse_ptr,
-                              delta_ptr, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale,
-                              seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right, 0,
-                              BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout,
-                              acc_layout, op_layout)),
-            (_dkdv_own_keys, (k_smem, v_smem, q_smem, do_smem, dk_desc, dv_desc, dk_ptr, dv_ptr, ring, lse_ptr,
-                              delta_ptr, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale,
-                              seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right, 1,
-                              BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout,
-                              acc_layout, op_layout)),
+            (_dkdv_own_keys, (k_smem, v_smem, q_smem, do_smem, pds, lse_smem, delta_smem, fused, dk_desc, dv_desc,
+                              dk_ptr, dv_ptr, ring, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale,
+                              softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
+                              0, BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout,
+                              acc_layout, FUSED_DQ)),
+            (_dkdv_own_keys, (k_smem, v_smem, q_smem, do_smem, pds, lse_smem, delta_smem, fused, dk_desc, dv_desc,
+                              dk_ptr, dv_ptr, ring, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale,
+                              softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
+                              1, BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout,
+                              acc_layout, FUSED_DQ)),
             (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, ring, cu_seqlens_q,
                               cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
-                              BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN)),
+                              (lse_smem, delta_smem), lse_ptr, delta_ptr, total_q,
+                              BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN, True)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
     else:  # GEMM split
         p_smem = gl.allocate_shared_memory(gl.float32, [P_BUFFERS, BLOCK_N, BLOCK_M], p_layout)
@@ -676,7 +776,8 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
                                  LEFT_BOUNDED, RIGHT_BOUNDED, RS_FIRST, VARLEN, st_layout, acc_layout, op_layout)),
             (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, ring, cu_seqlens_q,
                               cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
-                              BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN)),
+                              (p_smem, p_smem), lse_ptr, delta_ptr, total_q,  # no row stats: STATS=False
+                              BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN, False)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -948,25 +1049,36 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
         return descriptors[id(t), rows]
 
     cfg = DKDV_CONFIGS[head_dim]
+    fused_dq = fuses_dq(cfg, args.deterministic, mask_flags["LEFT_BOUNDED"], args.softcap > 0)
+    # fused: the fp32 dQ the kernel's reductions add into (as FA2/FA3's dq_accum: 2 bytes per dQ byte more,
+    # for the call); otherwise a token tensor for the unused descriptor
+    dq_accum = torch.zeros(dq.shape if fused_dq else (1, cfg.block_m, 1, head_dim), dtype=torch.float32,
+                           device=q.device)
+    dq_box = _dq_accum_box(cfg)
+    dq_desc = TensorDescriptor(dq_accum, list(dq_accum.shape), list(dq_accum.stride()), dq_box,
+                               gl.NVMMASharedLayout.get_default_for(dq_box, gl.float32))
     sm90_attn_bwd_dkdv_kernel[(triton.cdiv(max_k, cfg.block_n), num_seqs * nheads_kv)](
         desc(q, cfg.block_m), desc(k, cfg.block_n), desc(v, cfg.block_n),
         desc(dout, cfg.block_m), tma_descriptor(dk, WARPGROUP_ROWS), tma_descriptor(dv, WARPGROUP_ROWS), dk, dv,
-        lse, delta, cu_q, cu_k, args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads_kv,
+        dq_desc, lse, delta, cu_q, cu_k, args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads_kv,
         group_size, total_q, window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, STAGES=cfg.qdo_stages,
         P_BUFFERS=cfg.p_buffers, SOFTCAP=args.softcap > 0, **mask_flags, CONSUMER_REGS=cfg.consumer_regs,
-        PRODUCER_REGS=cfg.producer_regs, RS_FIRST=cfg.rs_first, KEY_SPLIT=cfg.key_split, VARLEN=varlen, num_warps=4,
-        maxnreg=cfg.launch_maxnreg)
+        PRODUCER_REGS=cfg.producer_regs, RS_FIRST=cfg.rs_first, KEY_SPLIT=cfg.key_split, VARLEN=varlen,
+        FUSED_DQ=fused_dq, num_warps=4, maxnreg=cfg.launch_maxnreg)
 
     cfg = DQ_CONFIGS[head_dim]
-    sm90_attn_bwd_dq_kernel[(triton.cdiv(max_q, cfg.block_m), num_seqs * nheads)](
-        desc(q, cfg.block_m), desc(k, cfg.block_n), desc(v, cfg.block_n),
-        desc(dout, cfg.block_m), tma_descriptor(dq, cfg.block_m), dq, lse, delta, cu_q, cu_k,
-        args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads, group_size, total_q,
-        window_left, window_right,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, K_STAGES=cfg.k_stages,
-        V_STAGES=cfg.v_stages, SOFTCAP=args.softcap > 0, **mask_flags, PRODUCER_REGS=cfg.producer_regs,
-        VARLEN=varlen, num_warps=8, maxnreg=cfg.launch_maxnreg)
+    if fused_dq:
+        torch.mul(dq_accum, args.softmax_scale, out=dq)
+    else:
+        sm90_attn_bwd_dq_kernel[(triton.cdiv(max_q, cfg.block_m), num_seqs * nheads)](
+            desc(q, cfg.block_m), desc(k, cfg.block_n), desc(v, cfg.block_n),
+            desc(dout, cfg.block_m), tma_descriptor(dq, cfg.block_m), dq, lse, delta, cu_q, cu_k,
+            args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads, group_size, total_q,
+            window_left, window_right,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, K_STAGES=cfg.k_stages,
+            V_STAGES=cfg.v_stages, SOFTCAP=args.softcap > 0, **mask_flags, PRODUCER_REGS=cfg.producer_regs,
+            VARLEN=varlen, num_warps=8, maxnreg=cfg.launch_maxnreg)
     dsink = None
     if args.sink is not None:
         # the kernels need nothing else (the sink only changes lse); d sink_h = -sum_rows P_sink * delta
@@ -990,18 +1102,37 @@ def _desc_types(dtype: torch.dtype, head_dim: int, **rows_by_name) -> dict:
             for name, rows in rows_by_name.items()}
 
 
+def fuses_dq(cfg: Sm90BwdDkdvConfig, deterministic: bool, left_bounded: bool, softcap: bool) -> bool:
+    """Whether the dK/dV kernel also computes dQ: where its config does, except deterministic=True (the
+    fp32 reductions land in a different order each run) and a left window edge with a soft cap (the fused
+    kernel spills 364 B there)."""
+    return cfg.fused_dq and not deterministic and not (left_bounded and softcap)
+
+
+def _dq_accum_box(cfg) -> list[int]:  # one TMA reduction: a tile's queries x half the head dims, fp32
+    return [1, cfg.block_m, 1, cfg.head_dim // 2]
+
+
+def _dq_accum_desc_type(cfg):
+    from .compile_target import gluon_desc_type
+    box = _dq_accum_box(cfg)
+    return gluon_desc_type("fp32", box, gl.NVMMASharedLayout.get_default_for(box, gl.float32))
+
+
 def compile_dkdv(cfg: Sm90BwdDkdvConfig, causal: bool, dtype: torch.dtype = torch.bfloat16, arch: int = 90,
-                 left_bounded: bool = False, softcap: bool = False, varlen: bool = False):
+                 left_bounded: bool = False, softcap: bool = False, varlen: bool = False,
+                 deterministic: bool = False):
     from .compile_target import compile_gluon
     out_ptr = f"*{_SIG_DTYPES[dtype]}"
     signature = dict(_desc_types(dtype, cfg.head_dim, q_desc=cfg.block_m, k_desc=cfg.block_n,
                                  v_desc=cfg.block_n, do_desc=cfg.block_m, dk_desc=WARPGROUP_ROWS,
-                                 dv_desc=WARPGROUP_ROWS), dk_ptr=out_ptr, dv_ptr=out_ptr, num_kv_heads="i32",
-                     **_SCALARS)
+                                 dv_desc=WARPGROUP_ROWS), dk_ptr=out_ptr, dv_ptr=out_ptr,
+                     dq_desc=_dq_accum_desc_type(cfg), num_kv_heads="i32", **_SCALARS)
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, STAGES=cfg.qdo_stages,
                       P_BUFFERS=cfg.p_buffers, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
                       SOFTCAP=softcap, CONSUMER_REGS=cfg.consumer_regs, PRODUCER_REGS=cfg.producer_regs,
-                      RS_FIRST=cfg.rs_first, KEY_SPLIT=cfg.key_split, VARLEN=varlen)
+                      RS_FIRST=cfg.rs_first, KEY_SPLIT=cfg.key_split, VARLEN=varlen,
+                      FUSED_DQ=fuses_dq(cfg, deterministic, left_bounded, softcap))
     return compile_gluon(sm90_attn_bwd_dkdv_kernel, signature, constexprs, arch=arch, num_warps=4,
                          maxnreg=cfg.launch_maxnreg)
 
@@ -1019,31 +1150,43 @@ def compile_dq(cfg: Sm90BwdDqConfig, causal: bool, dtype: torch.dtype = torch.bf
                          maxnreg=cfg.launch_maxnreg)
 
 
-# Spill bytes (stores + loads) the d=256 dQ kernel is known to need, by (causal, window + soft cap, varlen):
-# scalars ptxas parks in local memory -- the shared-memory base of the wgmma descriptors, and with a window
-# edge or packed sequences a few of their bounds (NOTES.md). `python -m flash256.inspect` fails above these.
+# Spill bytes (stores + loads) ptxas is known to need, by (causal, window + soft cap, varlen): scalars parked
+# in local memory -- the shared-memory bases of the wgmma descriptors, and with a window edge or packed
+# sequences a few of their bounds (NOTES.md). `python -m flash256.inspect` fails above these.
 DQ_D256_KNOWN_SPILL_BYTES = {(True, False, False): 12, (True, True, False): 20, (False, False, True): 20,
                              (True, False, True): 36}
+# d=128 dK/dV kernel by (causal, window + soft cap, varlen, deterministic); fused unless deterministic
+DKDV_D128_KNOWN_SPILL_BYTES = {(False, False, False, False): 20, (True, False, False, False): 56,
+                               (False, False, True, False): 24, (True, False, True, False): 96,
+                               (True, False, False, True): 24}
 
 
 def inspect_cases(arch: int = 90):
-    """Every shipped configuration, causal and not, bf16, compiled for sm_90a without a GPU; at d=256 also
-    Gemma's layer (causal sliding window with a soft cap) and packed sequences."""
+    """Every shipped configuration, causal and not, bf16, compiled for sm_90a without a GPU; also packed
+    sequences, at d=256 Gemma's layer (causal sliding window with a soft cap) and at d <= 128 the unfused
+    dK/dV kernel deterministic=True runs."""
     from .compile_target import InspectCase
     if arch != 90:
         return []
-    options = [(causal, False, False) for causal in (False, True)]
+    options = [(causal, False, varlen) for varlen in (False, True) for causal in (False, True)]
     cases = []
     for head_dim in sorted(DKDV_CONFIGS, reverse=True):
         dkdv_cfg, dq_cfg = DKDV_CONFIGS[head_dim], DQ_CONFIGS[head_dim]
-        extra = [(True, True, False), (False, False, True), (True, False, True)] if head_dim == 256 else []
+        extra = [(True, True, False)] if head_dim == 256 else []
         for causal, window, varlen in options + extra:
             what = f"causal={causal}" + (" window=(L,0) softcap" if window else "") + (" varlen" if varlen else "")
             kwargs = dict(causal=causal, left_bounded=window, softcap=window, varlen=varlen)
-            cases.append(InspectCase("sm90_bwd_dkdv", f"{dkdv_cfg.describe()} {what}",
-                                     lambda c=dkdv_cfg, kw=kwargs: compile_dkdv(c, **kw)))
+            budget = DKDV_D128_KNOWN_SPILL_BYTES.get((causal, window, varlen, False), 0) if head_dim == 128 else 0
+            cases.append(InspectCase("sm90_bwd_dkdv", f"{dkdv_cfg.describe()} {what}"
+                                     + (f" known_spill={budget}B" if budget else ""),
+                                     lambda c=dkdv_cfg, kw=kwargs: compile_dkdv(c, **kw), budget))
             budget = DQ_D256_KNOWN_SPILL_BYTES.get((causal, window, varlen), 0) if head_dim == 256 else 0
             cases.append(InspectCase("sm90_bwd_dq", f"{dq_cfg.describe()} {what}"
                                      + (f" known_spill={budget}B" if budget else ""),
                                      lambda c=dq_cfg, kw=kwargs: compile_dq(c, **kw), budget))
+        if dkdv_cfg.fused_dq:
+            budget = DKDV_D128_KNOWN_SPILL_BYTES.get((True, False, False, True), 0) if head_dim == 128 else 0
+            cases.append(InspectCase("sm90_bwd_dkdv", f"{dkdv_cfg.describe()} causal=True deterministic"
+                                     + (f" known_spill={budget}B" if budget else ""),
+                                     lambda c=dkdv_cfg: compile_dkdv(c, True, deterministic=True), budget))
     return cases

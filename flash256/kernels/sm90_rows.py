@@ -3,15 +3,17 @@
 Fixed-length inputs are (B, S, H, D) and every TMA box stays inside one batch entry, so loads zero-fill
 past a sequence's end and stores are clipped there. A packed (varlen) batch is one (1, total, H, D)
 tensor: sequence b is rows [cu_seqlens[b], cu_seqlens[b + 1]), and the rows after it belong to the
-next sequence. Loads may still read them (the kernels mask keys past the sequence's length and give
-queries past it P = 0 through their lse), but a tile that runs past its sequence must not be stored
+next sequence. Loads may still read them (the kernels mask keys past the sequence's length, or zero
+them with `zero_rows_past`, and give queries past it P = 0 through their lse), but a tile that runs past its sequence must not be stored
 with TMA: `store_tile` writes such a tile with masked stores instead.
 
 lse and delta are (H, B*S) fp32 in both cases (varlen: (H, total)); `sequence_rows` also returns the
 sequence's first row in those flattened rows.
 """
+from triton._C.libtriton import ir
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, tma
 
 
@@ -44,6 +46,25 @@ def _masked_store(smem, ptr, row_stride, first_row, row_start, head, seq_len, RO
     cols = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, layout))
     offsets = ((first_row + rows).to(gl.int64) * row_stride + head * HEAD_DIM)[:, None] + cols[None, :]
     gl.store(ptr + offsets, values, mask=(rows < seq_len)[:, None])
+
+
+@builtin
+def tma_reduce_add(desc, coord, src, _semantic=None):
+    """Add a shared-memory tile into global memory with one TMA bulk reduction (cp.reduce.async.bulk.tensor,
+    SASS UTMAREDG): Gluon 3.6 builds the op but exports no wrapper for it. Wait with tma.store_wait."""
+    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, desc.handle, coord, src.handle)
+
+
+@gluon.jit
+def zero_rows_past(smem, row_start, seq_len, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_WARPS: gl.constexpr):
+    """Zero the rows of a loaded (ROWS, HEAD_DIM) tile past its sequence's end, for a GEMM whose result
+    they would otherwise reach: a packed batch puts the next sequence's rows there."""
+    layout: gl.constexpr = gl.BlockedLayout([1, 8], [256 // HEAD_DIM, HEAD_DIM // 8], [NUM_WARPS, 1], [1, 0])
+    rows = row_start + gl.arange(0, ROWS, gl.SliceLayout(1, layout))
+    values = smem.load(layout)
+    smem.store(gl.where((rows < seq_len)[:, None], values, gl.zeros_like(values)))
+    fence_async_shared()
 
 
 @gluon.jit
