@@ -4,8 +4,9 @@ Fixed-length inputs are (B, S, H, D) and every TMA box stays inside one batch en
 past a sequence's end and stores are clipped there. A packed (varlen) batch is one (1, total, H, D)
 tensor: sequence b is rows [cu_seqlens[b], cu_seqlens[b + 1]), and the rows after it belong to the
 next sequence. Loads may still read them (the kernels mask keys past the sequence's length, or zero
-them with `zero_rows_past`, and give queries past it P = 0 through their lse), but a tile that runs past its sequence must not be stored
-with TMA: `store_tile` writes such a tile with masked stores instead.
+them with `zero_rows_past`, and give queries past it P = 0 through their lse), but a tile that runs
+past its sequence must not be stored with TMA: `store_tile` writes such a tile with masked stores
+instead. A TMA reduction (`tma_reduce_add`) of such a tile adds zeros past the end.
 
 lse and delta are (H, B*S) fp32 in both cases (varlen: (H, total)); `sequence_rows` also returns the
 sequence's first row in those flattened rows.
