@@ -6,7 +6,7 @@ tensor: sequence b is rows [cu_seqlens[b], cu_seqlens[b + 1]), and the rows afte
 next sequence. Loads may still read them (the kernels mask keys past the sequence's length, or zero
 them with `zero_rows_past`, and give queries past it P = 0 through their lse), but a tile that runs
 past its sequence must not be stored with TMA: `store_tile` writes such a tile with masked stores
-instead. A TMA reduction (`tma_reduce_add`) of such a tile adds zeros past the end.
+instead. The backward's TMA reductions (`tma_reduce_add`) of dQ do run past it: they add exact zeros there.
 
 lse and delta are (H, B*S) fp32 in both cases (varlen: (H, total)); `sequence_rows` also returns the
 sequence's first row in those flattened rows.
