@@ -1155,7 +1155,9 @@ def compile_dq(cfg: Sm90BwdDqConfig, causal: bool, dtype: torch.dtype = torch.bf
 # sequences a few of their bounds (NOTES.md). `python -m flash256.inspect` fails above these.
 DQ_D256_KNOWN_SPILL_BYTES = {(True, False, False): 12, (True, True, False): 20, (False, False, True): 20,
                              (True, False, True): 36}
-# d=128 dK/dV kernel by (causal, window + soft cap, varlen, deterministic); fused unless deterministic
+# d=128 dK/dV kernel by (causal, window + soft cap, varlen, deterministic); fused unless deterministic. In the
+# fixed-length builds no spill instruction sits in a consumer's tile loop (causal: one reload per tile in the
+# producer's); causal varlen has 3 in one consumer loop and 4 in the producer's (SASS, 2026-12-02).
 DKDV_D128_KNOWN_SPILL_BYTES = {(False, False, False, False): 20, (True, False, False, False): 56,
                                (False, False, True, False): 24, (True, False, True, False): 96,
                                (True, False, False, True): 24}
