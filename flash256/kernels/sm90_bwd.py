@@ -562,8 +562,15 @@ def _own_keys_staged(s_t, dp_t, lse_buf, delta_buf, n_start, m_block, unmasked_l
 
 
 @gluon.jit
-def _fused_dq(t, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, WARPGROUP: gl.constexpr,
-              BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr):
+def _pds_slot(warpgroup, t, DS: gl.constexpr):
+    """Key split: the shared-memory slot of tile t's P^T (DS=0) or dS^T (DS=1) of a warpgroup; each warpgroup
+    has two pairs, alternating by tile."""
+    return 4 * warpgroup + 2 * (t % 2) + DS
+
+
+@gluon.jit
+def _fused_dq(t, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, BLOCK_M: gl.constexpr,
+              HEAD_DIM: gl.constexpr):
     """dQ = dS K of tile t (both warpgroups' keys), staged in shared memory and added to the fp32 dQ by two TMA
     bulk reductions (one per half of the head dims: a reduction box is at most 256 elements wide)."""
     ds_ready, ds_free, dq_stage, dq_desc = fused
@@ -573,10 +580,10 @@ def _fused_dq(t, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, WARPG
                                                         instr_shape=[16, HEAD_DIM, 16])
     slot = t % 2
     mbarrier.wait(ds_ready.index(slot), (t // 2) & 1)
-    dq = warpgroup_mma(pds_smem.index(2 * slot + 1).permute((1, 0)), k_smem.slice(0, ROWS, dim=0),
+    dq = warpgroup_mma(pds_smem.index(_pds_slot(0, t, 1)).permute((1, 0)), k_smem.slice(0, ROWS, dim=0),
                        gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout), use_acc=False, is_async=True)
-    dq = warpgroup_mma(pds_smem.index(4 + 2 * slot + 1).permute((1, 0)), k_smem.slice(ROWS, ROWS, dim=0), dq,
-                       is_async=True)
+    dq = warpgroup_mma(pds_smem.index(_pds_slot(1, t, 1)).permute((1, 0)), k_smem.slice(ROWS, ROWS, dim=0),
+                       dq, is_async=True)
     dq = warpgroup_mma_wait(0, deps=(dq, ))
     mbarrier.arrive(ds_free.index(slot))
     row = q_first + m_block * BLOCK_M
@@ -613,7 +620,6 @@ def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, pds_smem, lse_smem, delta_sm
     q_batch, q_first, q_len, _q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
     k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
     ds_ready, ds_free, _dq_stage, _dq_desc = fused
-    MINE: gl.constexpr = 4 * WARPGROUP  # this warpgroup's P^T / dS^T slots in pds_smem
     # The producer streams the tiles any of the CTA's keys see; the ones this warpgroup's keys see only in
     # part (or not at all) fall outside its own unmasked range and get the element mask.
     m_first, n_m, _lo, _hi = query_tiles(cta_start, q_len, k_len, window_left, window_right, BLOCK_M, 2 * ROWS,
@@ -635,20 +641,21 @@ def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, pds_smem, lse_smem, delta_sm
                                       BLOCK_M)
         _own_keys_staged(s_t, dp_t, lse_smem.index(0), delta_smem.index(0), n_start, m_block, unmasked_lo,
                          unmasked_hi, qk_scale, softcap_scale, q_len, k_len, window_left, window_right,
-                         pds_smem.index(MINE), pds_smem.index(MINE + 1), dtype, st_layout, ROWS, BLOCK_M,
+                         pds_smem.index(_pds_slot(WARPGROUP, 0, 0)), pds_smem.index(_pds_slot(WARPGROUP, 0, 1)),
+                         dtype, st_layout, ROWS, BLOCK_M,
                          LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
         if FUSED_DQ:
             mbarrier.arrive(ds_ready.index(0))
             if WARPGROUP == 0:
-                _fused_dq(0, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, WARPGROUP, BLOCK_M, HEAD_DIM)
+                _fused_dq(0, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, BLOCK_M, HEAD_DIM)
         prev_stage = 0
         for t in range(1, n_tiles):
             stage = t % STAGES
-            prev_slot = 2 * ((t - 1) % 2)
-            slot = 2 * (t % 2)
             head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
-            dv = warpgroup_mma(pds_smem.index(MINE + prev_slot), do_smem.index(prev_stage), dv, is_async=True)
-            dk = warpgroup_mma(pds_smem.index(MINE + prev_slot + 1), q_smem.index(prev_stage), dk, is_async=True)
+            dv = warpgroup_mma(pds_smem.index(_pds_slot(WARPGROUP, t - 1, 0)), do_smem.index(prev_stage), dv,
+                               is_async=True)
+            dk = warpgroup_mma(pds_smem.index(_pds_slot(WARPGROUP, t - 1, 1)), q_smem.index(prev_stage), dk,
+                               is_async=True)
             mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
             s_t, dp_t = _own_keys_scores(k_own, v_own, q_smem.index(stage), do_smem.index(stage), st_layout,
                                           ROWS, BLOCK_M)
@@ -658,17 +665,18 @@ def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, pds_smem, lse_smem, delta_sm
                 mbarrier.wait(ds_free.index(t % 2), ((t // 2) & 1) ^ 1)
             _own_keys_staged(s_t, dp_t, lse_smem.index(stage), delta_smem.index(stage), n_start, m_block,
                              unmasked_lo, unmasked_hi, qk_scale, softcap_scale, q_len, k_len, window_left,
-                             window_right, pds_smem.index(MINE + slot), pds_smem.index(MINE + slot + 1), dtype,
+                             window_right, pds_smem.index(_pds_slot(WARPGROUP, t, 0)),
+                             pds_smem.index(_pds_slot(WARPGROUP, t, 1)), dtype,
                              st_layout, ROWS, BLOCK_M, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
             if FUSED_DQ:
                 mbarrier.arrive(ds_ready.index(t % 2))
                 if WARPGROUP == 0:
-                    _fused_dq(t, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, WARPGROUP, BLOCK_M,
-                              HEAD_DIM)
+                    _fused_dq(t, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, BLOCK_M, HEAD_DIM)
             prev_stage = stage
-        last = 2 * ((n_tiles - 1) % 2)
-        dv = warpgroup_mma(pds_smem.index(MINE + last), do_smem.index(prev_stage), dv, is_async=True)
-        dk = warpgroup_mma(pds_smem.index(MINE + last + 1), q_smem.index(prev_stage), dk, is_async=True)
+        dv = warpgroup_mma(pds_smem.index(_pds_slot(WARPGROUP, n_tiles - 1, 0)), do_smem.index(prev_stage), dv,
+                           is_async=True)
+        dk = warpgroup_mma(pds_smem.index(_pds_slot(WARPGROUP, n_tiles - 1, 1)), q_smem.index(prev_stage), dk,
+                           is_async=True)
         dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
         mbarrier.arrive(qdo_empty.index(prev_stage))
         if FUSED_DQ:  # warpgroup 0's last dQ GEMM has read these K rows
@@ -722,7 +730,7 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
         mbarrier.init(qdo_empty.index(i), count=2)  # both warpgroups release each Q/dO stage
     ring = (kv_ready, qdo_ready, qdo_empty)
     if KEY_SPLIT:
-        # P^T and dS^T of two tiles per warpgroup (slots 4 WARPGROUP + 2 (t % 2) + {0: P^T, 1: dS^T}): the
+        # P^T and dS^T of two tiles per warpgroup (slots: `_pds_slot`): the
         # A operands of the warpgroup's dV / dK GEMMs and, with FUSED_DQ, of warpgroup 0's dQ GEMM
         pds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N // 2, BLOCK_M], dtype)
         pds = gl.allocate_shared_memory(dtype, [8, BLOCK_N // 2, BLOCK_M], pds_layout)
@@ -1171,23 +1179,25 @@ def inspect_cases(arch: int = 90):
         return []
     options = [(causal, False, varlen) for varlen in (False, True) for causal in (False, True)]
     cases = []
+
+    def add(kernel, cfg, what, compile_fn, budget=0):
+        label = f"{cfg.describe()} {what}" + (f" known_spill={budget}B" if budget else "")
+        cases.append(InspectCase(kernel, label, compile_fn, budget))
+
     for head_dim in sorted(DKDV_CONFIGS, reverse=True):
         dkdv_cfg, dq_cfg = DKDV_CONFIGS[head_dim], DQ_CONFIGS[head_dim]
+        dkdv_spills = DKDV_D128_KNOWN_SPILL_BYTES if head_dim == 128 else {}
+        dq_spills = DQ_D256_KNOWN_SPILL_BYTES if head_dim == 256 else {}
         extra = [(True, True, False)] if head_dim == 256 else []
         for causal, window, varlen in options + extra:
             what = f"causal={causal}" + (" window=(L,0) softcap" if window else "") + (" varlen" if varlen else "")
             kwargs = dict(causal=causal, left_bounded=window, softcap=window, varlen=varlen)
-            budget = DKDV_D128_KNOWN_SPILL_BYTES.get((causal, window, varlen, False), 0) if head_dim == 128 else 0
-            cases.append(InspectCase("sm90_bwd_dkdv", f"{dkdv_cfg.describe()} {what}"
-                                     + (f" known_spill={budget}B" if budget else ""),
-                                     lambda c=dkdv_cfg, kw=kwargs: compile_dkdv(c, **kw), budget))
-            budget = DQ_D256_KNOWN_SPILL_BYTES.get((causal, window, varlen), 0) if head_dim == 256 else 0
-            cases.append(InspectCase("sm90_bwd_dq", f"{dq_cfg.describe()} {what}"
-                                     + (f" known_spill={budget}B" if budget else ""),
-                                     lambda c=dq_cfg, kw=kwargs: compile_dq(c, **kw), budget))
+            add("sm90_bwd_dkdv", dkdv_cfg, what, lambda c=dkdv_cfg, kw=kwargs: compile_dkdv(c, **kw),
+                dkdv_spills.get((causal, window, varlen, False), 0))
+            add("sm90_bwd_dq", dq_cfg, what, lambda c=dq_cfg, kw=kwargs: compile_dq(c, **kw),
+                dq_spills.get((causal, window, varlen), 0))
         if dkdv_cfg.fused_dq:
-            budget = DKDV_D128_KNOWN_SPILL_BYTES.get((True, False, False, True), 0) if head_dim == 128 else 0
-            cases.append(InspectCase("sm90_bwd_dkdv", f"{dkdv_cfg.describe()} causal=True deterministic"
-                                     + (f" known_spill={budget}B" if budget else ""),
-                                     lambda c=dkdv_cfg: compile_dkdv(c, True, deterministic=True), budget))
+            add("sm90_bwd_dkdv", dkdv_cfg, "causal=True deterministic",
+                lambda c=dkdv_cfg: compile_dkdv(c, True, deterministic=True),
+                dkdv_spills.get((True, False, False, True), 0))
     return cases
