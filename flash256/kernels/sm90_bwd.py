@@ -70,7 +70,6 @@ from .sm90_masking import (key_blocks, mask_arguments, query_tiles, soft_cap, un
                            visible_queries_t, window_offsets)
 from .sm90_fwd import _GL_DTYPES, _SIG_DTYPES, _tma_operand, int_placeholder, io_block, smem_layout, tma_descriptor
 from .sm90_rows import clip_to_sequence, sequence_rows, store_tile, tma_reduce_add, zero_rows_past
-from .sm90_schedule import consumer_next_tile, publish_next_tile, sm_count
 
 SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
 REGISTERS_PER_SM = 65536
@@ -102,10 +101,6 @@ class Sm90BwdDkdvConfig:
     # is freed ~3 GEMMs before the producer's next load is needed instead of ~1: pays with a 2-stage
     # ring (d=256: +9..20% measured), costs ~1.5% with 4 stages (d=128), where loads are not late.
     rs_first: bool = False
-    # GEMM split: one CTA per SM walking work items (key blocks) from the dynamic scheduler. A warpgroup frees
-    # K (V) for the next item's load once its last GEMM reading it is done, and stages dV (dK) for its store in
-    # the last tile's dO (Q) buffer, so the next item's K/V load overlaps the end of this one.
-    persistent: bool = False
     block_m: int = 64
     consumer_regs: int = 240
     producer_regs: int = 24
@@ -140,18 +135,13 @@ class Sm90BwdDkdvConfig:
 
     @property
     def smem_barriers(self) -> int:
-        """K and V ready/free + ready/empty per Q/dO stage + the scheduler's ready/empty + GEMM split: ready/empty
-        per P slot; key split: dS^T ready/free per slot."""
-        return BARRIER_BYTES * (4 + 2 * self.qdo_stages + 2 + (4 if self.key_split else 2 * self.p_buffers))
-
-    @property
-    def smem_schedule(self) -> int:  # the dynamic scheduler's mailbox: an int32 per consumer thread
-        return 128 * 4
+        """kv_ready + ready/empty per Q/dO stage + GEMM split: ready/empty per P slot; key split: dS^T
+        ready/free per slot."""
+        return BARRIER_BYTES * (1 + 2 * self.qdo_stages + (4 if self.key_split else 2 * self.p_buffers))
 
     @property
     def smem_total(self) -> int:
-        return (self.smem_kv + self.smem_qdo + self.smem_p + self.smem_stats + self.smem_dq + self.smem_schedule
-                + self.smem_barriers)
+        return self.smem_kv + self.smem_qdo + self.smem_p + self.smem_stats + self.smem_dq + self.smem_barriers
 
     # fp32 registers per consumer thread (a warpgroup = 128 threads; its wgmmas have 64 rows)
     @property
@@ -177,15 +167,13 @@ class Sm90BwdDkdvConfig:
     def describe(self) -> str:
         return (f"dkdv_d{self.head_dim}_n{self.block_n}_m{self.block_m}_s{self.qdo_stages}_p{self.p_buffers}"
                 f"{'_keysplit' if self.key_split else ''}"
-                f"{'_fuseddq' if self.fused_dq else ''}{'_persistent' if self.persistent else ''} smem={self.smem_total}B (KV {self.smem_kv} + QdO "
+                f"{'_fuseddq' if self.fused_dq else ''} smem={self.smem_total}B (KV {self.smem_kv} + QdO "
                 f"{self.smem_qdo} + P {self.smem_p} + stats {self.smem_stats} + dQ {self.smem_dq}) "
                 f"regs/thread acc={self.regs_acc} S={self.regs_s} op={self.regs_operand}")
 
     def check(self) -> None:
         assert (self.p_buffers == 0) == self.key_split and not (self.key_split and self.rs_first), self.describe()
         assert self.key_split or not self.fused_dq, self.describe()
-        # persistent: dV / dK leave through a Q/dO tile buffer, which must have their shape
-        assert not self.persistent or (not self.key_split and self.block_m == self.block_n), self.describe()
         assert self.smem_total <= SMEM_LIMIT_BYTES, self.describe()
         assert self.register_budget <= REGISTERS_PER_SM, self.describe()
         # live in a consumer's inner loop: accumulators + S^T/dP^T + the previous tile's operands + slack
@@ -256,10 +244,9 @@ class Sm90BwdDqConfig:
         assert self.regs_acc + 2 * self.regs_s + self.regs_operand <= self.consumer_regs - 24, self.describe()
 
 
-# d=256 dK/dV: K + V 64 KB, 2 Q/dO stages x 64 KB, 2 P^T slots x 16 KB = 224 KB (+ 512 B scheduler mailbox,
-# 96 B barriers). Persistent (dynamic scheduler).
+# d=256 dK/dV: K + V 64 KB, 2 Q/dO stages x 64 KB, 2 P^T slots x 16 KB = 224 KB (+ 72 B barriers).
 # Registers: accumulator 128 + S^T 32 + operand 16 = 176 of 240.
-DKDV_D256 = Sm90BwdDkdvConfig(head_dim=256, qdo_stages=2, p_buffers=2, rs_first=True, persistent=True)
+DKDV_D256 = Sm90BwdDkdvConfig(head_dim=256, qdo_stages=2, p_buffers=2, rs_first=True)
 # d=128, key split, fused dQ: K + V 64 KB (128 keys), 2 stages x 32 KB (64-row Q/dO tiles), P^T/dS^T slots
 # 64 KB, lse/delta 1 KB, dQ staging 32 KB = 225 KB. Registers dK + dV 128 + S^T + dP^T 64 = 192 of 240; the
 # dQ accumulator (64 more, warpgroup 0) lives between tiles.
@@ -287,15 +274,6 @@ for _cfg in (*DKDV_CONFIGS.values(), *DQ_CONFIGS.values()):
 # dK/dV kernel
 # --------------------------------------------------------------------------------------------------
 @gluon.jit
-def _dkdv_item(item, n_key_blocks, num_kv_heads):
-    """(key block, batch, kv head) of work item `item`. The key blocks of one (batch, kv head) are consecutive
-    items, so the CTAs working at the same time share that head's Q/dO in L2."""
-    bh = item // n_key_blocks
-    b = bh // num_kv_heads
-    return item - bh * n_key_blocks, b, bh - b * num_kv_heads
-
-
-@gluon.jit
 def _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size):
     """Tile t of the flattened (query head of the group, query tile) loop."""
     head_in_group = t // n_m
@@ -304,62 +282,46 @@ def _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size):
 
 
 @gluon.jit
-def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, bars, schedule,
-                   cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, n_key_blocks,
-                   num_items, window_left, window_right, stats, lse_ptr, delta_ptr, total_q,
+def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, bars, cu_seqlens_q,
+                   cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
+                   stats, lse_ptr, delta_ptr, total_q,
                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                    LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, VARLEN: gl.constexpr,
-                   STATS: gl.constexpr, PERSISTENT: gl.constexpr):
-    """Per work item: K and V of its BLOCK_N keys (once the consumers have freed the last item's), then every
-    Q/dO tile that sees them (all query heads of the group) through the ring, which runs on across items;
-    with STATS also the tile's base-2 lse and delta into `stats` (a second arrive on the stage's ready
-    barrier). PERSISTENT: the next item comes from the dynamic scheduler (sm90_schedule.py)."""
-    k_ready, v_ready, k_free, v_free, qdo_ready, qdo_empty = bars
-    item_counter, item_slot, item_ready, item_empty = schedule
-    # persistent: a 1-D grid over the items; otherwise one item per CTA on a (key block, batch x kv head) grid
-    item = gl.program_id(0) if PERSISTENT else gl.program_id(0) + gl.program_id(1) * n_key_blocks
-    items_done = 0
-    tiles_done = 0
-    while item < num_items:
-        key_block, b, kv_head = _dkdv_item(item, n_key_blocks, num_kv_heads)
-        n_start = key_block * BLOCK_N
-        q_batch, q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
-        k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
-        mbarrier.wait(k_free, (items_done & 1) ^ 1)
-        mbarrier.expect(k_ready, k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + n_start, kv_head, 0], k_ready, k_smem)
-        mbarrier.wait(v_free, (items_done & 1) ^ 1)
-        mbarrier.expect(v_ready, v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [k_batch, k_first + n_start, kv_head, 0], v_ready, v_smem)
-        m_first, n_m, _lo, _hi = query_tiles(n_start, q_len, k_len, window_left, window_right, BLOCK_M, BLOCK_N,
-                                             LEFT_BOUNDED, RIGHT_BOUNDED)
-        _zero, n_m = clip_to_sequence(0, n_m, n_start, k_len, VARLEN)
-        for t in range(group_size * n_m):
-            head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
-            it = tiles_done + t
-            stage = it % STAGES
-            mbarrier.wait(qdo_empty.index(stage), ((it // STAGES) & 1) ^ 1)
-            mbarrier.expect(qdo_ready.index(stage), q_desc.block_type.nbytes + do_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [q_batch, q_first + m_block * BLOCK_M, head, 0],
-                                            qdo_ready.index(stage), q_smem.index(stage))
-            tma.async_copy_global_to_shared(do_desc, [q_batch, q_first + m_block * BLOCK_M, head, 0],
-                                            qdo_ready.index(stage), do_smem.index(stage))
-            if STATS:
-                # the tile's base-2 lse and delta beside it in shared memory: the consumers read them where
-                # they use them instead of holding 2 x 16 registers through the tile
-                lse_smem, delta_smem = stats
-                row_layout: gl.constexpr = gl.BlockedLayout([BLOCK_M // 32], [32], [1], [0])
-                lse_smem.index(stage).store(_row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q,
-                                                       float("inf"), BLOCK_M, row_layout) * LOG2E)
-                delta_smem.index(stage).store(_row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0,
-                                                         BLOCK_M, row_layout))
-                mbarrier.arrive(qdo_ready.index(stage))
-        tiles_done += group_size * n_m
-        if PERSISTENT:
-            item = publish_next_tile(item_counter, item_slot, item_ready, item_empty, items_done)
-        else:
-            item = num_items
-        items_done += 1
+                   STATS: gl.constexpr):
+    """K and V of the CTA's BLOCK_N keys once, then every Q/dO tile that sees them (all query heads of the
+    group) through the ring; with STATS also the tile's base-2 lse and delta into `stats` (a second arrive on
+    the stage's ready barrier)."""
+    kv_ready, qdo_ready, qdo_empty = bars
+    n_start = gl.program_id(0) * BLOCK_N
+    b = gl.program_id(1) // num_kv_heads
+    kv_head = gl.program_id(1) - b * num_kv_heads
+    q_batch, q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
+    k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
+    mbarrier.expect(kv_ready, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + n_start, kv_head, 0], kv_ready, k_smem)
+    tma.async_copy_global_to_shared(v_desc, [k_batch, k_first + n_start, kv_head, 0], kv_ready, v_smem)
+    m_first, n_m, _lo, _hi = query_tiles(n_start, q_len, k_len, window_left, window_right, BLOCK_M, BLOCK_N,
+                                         LEFT_BOUNDED, RIGHT_BOUNDED)
+    _zero, n_m = clip_to_sequence(0, n_m, n_start, k_len, VARLEN)
+    for t in range(group_size * n_m):
+        head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
+        stage = t % STAGES
+        mbarrier.wait(qdo_empty.index(stage), ((t // STAGES) & 1) ^ 1)
+        mbarrier.expect(qdo_ready.index(stage), q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [q_batch, q_first + m_block * BLOCK_M, head, 0],
+                                        qdo_ready.index(stage), q_smem.index(stage))
+        tma.async_copy_global_to_shared(do_desc, [q_batch, q_first + m_block * BLOCK_M, head, 0],
+                                        qdo_ready.index(stage), do_smem.index(stage))
+        if STATS:
+            # the tile's base-2 lse and delta beside it in shared memory: the consumers read them where they
+            # use them instead of holding 2 x 16 registers through the tile
+            lse_smem, delta_smem = stats
+            row_layout: gl.constexpr = gl.BlockedLayout([BLOCK_M // 32], [32], [1], [0])
+            lse_smem.index(stage).store(_row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q, float("inf"),
+                                                   BLOCK_M, row_layout) * LOG2E)
+            delta_smem.index(stage).store(_row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0,
+                                                     BLOCK_M, row_layout))
+            mbarrier.arrive(qdo_ready.index(stage))
 
 
 @gluon.jit
@@ -423,184 +385,152 @@ def _received_score_grads(dp_t, delta, t, p_smem, p_ready, p_empty, layout: gl.c
 
 
 @gluon.jit
-def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, dv_ptr, bars, schedule, lse_ptr, cu_seqlens_q,
-                        cu_seqlens_k, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size,
-                        n_key_blocks, num_items, total_q, window_left, window_right,
+def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, dv_ptr, bars, lse_ptr, cu_seqlens_q, cu_seqlens_k,
+                        qk_scale, softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
+                        window_left, window_right,
                         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                         STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
                         RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, RS_FIRST: gl.constexpr,
-                        VARLEN: gl.constexpr, SCHEDULER: gl.constexpr, st_layout: gl.constexpr,
-                        acc_layout: gl.constexpr, op_layout: gl.constexpr):
-    """Warpgroup 0, per work item: S^T = K Q^T, P^T (shared with warpgroup 1), dV += P^T dO; stores dV. K is
-    freed for the next item's load as soon as the last S^T has read it; dV leaves through the last tile's dO
-    buffer."""
-    k_ready, _v_ready, k_free, _v_free, qdo_ready, qdo_empty, p_ready, p_empty = bars
-    _counter, item_slot, item_ready, item_empty = schedule
+                        VARLEN: gl.constexpr, st_layout: gl.constexpr, acc_layout: gl.constexpr,
+                        op_layout: gl.constexpr):
+    """Warpgroup 0: S^T = K Q^T, P^T (shared with warpgroup 1), dV += P^T dO; stores dV."""
+    kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
     dtype: gl.constexpr = k_smem.dtype
     col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
-    item = gl.program_id(0)
-    items_done = 0
-    tiles_done = 0  # the Q/dO ring and the P^T slots run on across items
-    while item < num_items:
-        key_block, b, kv_head = _dkdv_item(item, n_key_blocks, num_kv_heads)
-        n_start = key_block * BLOCK_N
-        _q_batch, _q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
-        k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
-        m_first, n_m, unmasked_lo, unmasked_hi = query_tiles(n_start, q_len, k_len, window_left, window_right,
-                                                             BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
-        _zero, n_m = clip_to_sequence(0, n_m, n_start, k_len, VARLEN)
-        n_tiles = group_size * n_m
-        dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
-        mbarrier.wait(k_ready, items_done & 1)
-        if n_tiles > 0:
-            # Tile 0: S^T and P^T only.
-            head, m_block = _dkdv_tile_coords(0, m_first, n_m, kv_head, group_size)
+
+    n_start = gl.program_id(0) * BLOCK_N
+    b = gl.program_id(1) // num_kv_heads
+    kv_head = gl.program_id(1) - b * num_kv_heads
+    _q_batch, _q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
+    k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
+    m_first, n_m, unmasked_lo, unmasked_hi = query_tiles(n_start, q_len, k_len, window_left, window_right,
+                                                         BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
+    _zero, n_m = clip_to_sequence(0, n_m, n_start, k_len, VARLEN)
+    n_tiles = group_size * n_m
+    dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
+    mbarrier.wait(kv_ready, 0)
+    if n_tiles > 0:
+        # Tile 0: S^T and P^T only.
+        head, m_block = _dkdv_tile_coords(0, m_first, n_m, kv_head, group_size)
+        lse2 = _row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q, float("inf"), BLOCK_M,
+                          col_layout) * LOG2E
+        mbarrier.wait(qdo_ready.index(0), 0)
+        s_t = warpgroup_mma(k_smem, q_smem.index(0).permute((1, 0)),
+                            gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
+        s_t = warpgroup_mma_wait(0, deps=(s_t, ))
+        p_t = _share_probabilities(s_t, 0, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale, softcap_scale,
+                                   q_len, k_len, window_left, window_right, p_smem, p_ready, p_empty,
+                                   st_layout, BLOCK_N, BLOCK_M, P_BUFFERS, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
+        p_op = gl.convert_layout(p_t.to(dtype), op_layout)
+        prev_stage = 0
+        for t in range(1, n_tiles):
+            # dV += P^T dO of tile t-1 and S^T of tile t in flight together (order: cfg.rs_first).
+            head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
+            stage = t % STAGES
             lse2 = _row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q, float("inf"), BLOCK_M,
                               col_layout) * LOG2E
-            stage = tiles_done % STAGES
-            mbarrier.wait(qdo_ready.index(stage), (tiles_done // STAGES) & 1)
-            s_t = warpgroup_mma(k_smem, q_smem.index(stage).permute((1, 0)),
-                                gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
-            s_t = warpgroup_mma_wait(0, deps=(s_t, ))
-            p_t = _share_probabilities(s_t, tiles_done, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
-                                       softcap_scale, q_len, k_len, window_left, window_right, p_smem, p_ready,
-                                       p_empty, st_layout, BLOCK_N, BLOCK_M, P_BUFFERS, LEFT_BOUNDED, RIGHT_BOUNDED,
-                                       SOFTCAP)
-            p_op = gl.convert_layout(p_t.to(dtype), op_layout)
-            prev_stage = stage
-            for t in range(1, n_tiles):
-                # dV += P^T dO of tile t-1 and S^T of tile t in flight together (order: cfg.rs_first).
-                head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
-                it = tiles_done + t
-                stage = it % STAGES
-                lse2 = _row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q, float("inf"), BLOCK_M,
-                                  col_layout) * LOG2E
-                if RS_FIRST:
-                    dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
-                    mbarrier.wait(qdo_ready.index(stage), (it // STAGES) & 1)
-                    s_t = warpgroup_mma(k_smem, q_smem.index(stage).permute((1, 0)),
-                                        gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
-                                        is_async=True)
-                    dv, p_op = warpgroup_mma_wait(1, deps=(dv, p_op))
-                    mbarrier.arrive(qdo_empty.index(prev_stage))
-                    s_t = warpgroup_mma_wait(0, deps=(s_t, ))
-                else:
-                    mbarrier.wait(qdo_ready.index(stage), (it // STAGES) & 1)
-                    s_t = warpgroup_mma(k_smem, q_smem.index(stage).permute((1, 0)),
-                                        gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
-                                        is_async=True)
-                    dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
-                    s_t = warpgroup_mma_wait(1, deps=(s_t, ))
-                p_t = _share_probabilities(s_t, it, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
+            if RS_FIRST:
+                dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
+                mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
+                s_t = warpgroup_mma(k_smem, q_smem.index(stage).permute((1, 0)),
+                                    gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
+                                    is_async=True)
+                dv, p_op = warpgroup_mma_wait(1, deps=(dv, p_op))
+                mbarrier.arrive(qdo_empty.index(prev_stage))
+                s_t = warpgroup_mma_wait(0, deps=(s_t, ))
+                p_t = _share_probabilities(s_t, t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
                                            softcap_scale, q_len, k_len, window_left, window_right, p_smem,
                                            p_ready, p_empty, st_layout, BLOCK_N, BLOCK_M, P_BUFFERS, LEFT_BOUNDED,
                                            RIGHT_BOUNDED, SOFTCAP)
-                if not RS_FIRST:
-                    dv, p_op = warpgroup_mma_wait(0, deps=(dv, p_op))
-                    mbarrier.arrive(qdo_empty.index(prev_stage))
-                p_op = gl.convert_layout(p_t.to(dtype), op_layout)
-                prev_stage = stage
-            mbarrier.arrive(k_free)  # every S^T of the item is complete
-            dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
-            dv, p_op = warpgroup_mma_wait(0, deps=(dv, p_op))
-            # dV is staged in the last tile's dO buffer once warpgroup 1's dP^T has read it (it has taken that
-            # tile's P^T), and the stage is released after the store
-            last = tiles_done + n_tiles - 1
-            mbarrier.wait(p_empty.index(last % P_BUFFERS), (last // P_BUFFERS) & 1)
-            store_tile(dv.to(dtype), do_smem.index(prev_stage), dv_desc, dv_ptr, num_kv_heads * HEAD_DIM, k_batch,
-                       k_first, n_start, kv_head, k_len, BLOCK_N, HEAD_DIM, 4, VARLEN)
-            mbarrier.arrive(qdo_empty.index(prev_stage))
-        else:  # no query sees these keys: dV = 0, staged in the unread K
-            store_tile(dv.to(dtype), k_smem, dv_desc, dv_ptr, num_kv_heads * HEAD_DIM, k_batch, k_first, n_start,
-                       kv_head, k_len, BLOCK_N, HEAD_DIM, 4, VARLEN)
-            mbarrier.arrive(k_free)
-        tiles_done += n_tiles
-        items_done += 1
-        item = consumer_next_tile(item, items_done, num_items, item_slot, item_ready, item_empty, SCHEDULER)
+            else:
+                mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
+                s_t = warpgroup_mma(k_smem, q_smem.index(stage).permute((1, 0)),
+                                    gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
+                                    is_async=True)
+                dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
+                s_t = warpgroup_mma_wait(1, deps=(s_t, ))
+                p_t = _share_probabilities(s_t, t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
+                                           softcap_scale, q_len, k_len, window_left, window_right, p_smem,
+                                           p_ready, p_empty, st_layout, BLOCK_N, BLOCK_M, P_BUFFERS, LEFT_BOUNDED,
+                                           RIGHT_BOUNDED, SOFTCAP)
+                dv, p_op = warpgroup_mma_wait(0, deps=(dv, p_op))
+                mbarrier.arrive(qdo_empty.index(prev_stage))
+            p_op = gl.convert_layout(p_t.to(dtype), op_layout)
+            prev_stage = stage
+        dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
+        dv, p_op = warpgroup_mma_wait(0, deps=(dv, p_op))
+        mbarrier.arrive(qdo_empty.index(prev_stage))
+    # K is dead (only this warpgroup reads it): stage dV there; rows past seqlen_k are not written.
+    store_tile(dv.to(dtype), k_smem, dv_desc, dv_ptr, num_kv_heads * HEAD_DIM, k_batch, k_first, n_start, kv_head,
+               k_len, BLOCK_N, HEAD_DIM, 4, VARLEN)
 
 
 @gluon.jit
-def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, schedule, delta_ptr, cu_seqlens_q,
-                      cu_seqlens_k, softmax_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, n_key_blocks,
-                      num_items, total_q, window_left, window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                      HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, P_BUFFERS: gl.constexpr,
-                      LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, RS_FIRST: gl.constexpr,
-                      VARLEN: gl.constexpr, SCHEDULER: gl.constexpr, st_layout: gl.constexpr,
-                      acc_layout: gl.constexpr, op_layout: gl.constexpr):
-    """Warpgroup 1, per work item: dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q; stores scale * dK.
-    V is freed once the last dP^T has read it; dK leaves through the last tile's Q buffer."""
-    _k_ready, v_ready, _k_free, v_free, qdo_ready, qdo_empty, p_ready, p_empty = bars
-    _counter, item_slot, item_ready, item_empty = schedule
+def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, delta_ptr, cu_seqlens_q, cu_seqlens_k,
+                      softmax_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left,
+                      window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                      STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
+                      RIGHT_BOUNDED: gl.constexpr, RS_FIRST: gl.constexpr, VARLEN: gl.constexpr,
+                      st_layout: gl.constexpr, acc_layout: gl.constexpr, op_layout: gl.constexpr):
+    """Warpgroup 1: dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q; stores scale * dK."""
+    kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
     dtype: gl.constexpr = v_smem.dtype
     col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
-    item = gl.program_id(0)
-    items_done = 0
-    tiles_done = 0
-    while item < num_items:
-        key_block, b, kv_head = _dkdv_item(item, n_key_blocks, num_kv_heads)
-        n_start = key_block * BLOCK_N
-        _q_batch, _q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
-        k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
-        m_first, n_m, _lo, _hi = query_tiles(n_start, q_len, k_len, window_left, window_right, BLOCK_M, BLOCK_N,
-                                             LEFT_BOUNDED, RIGHT_BOUNDED)
-        _zero, n_m = clip_to_sequence(0, n_m, n_start, k_len, VARLEN)
-        n_tiles = group_size * n_m
-        dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
-        mbarrier.wait(v_ready, items_done & 1)
-        if n_tiles > 0:
-            # Tile 0: dP^T and dS^T only. P^T arrives masked from warpgroup 0, so dS^T needs no mask.
-            head, m_block = _dkdv_tile_coords(0, m_first, n_m, kv_head, group_size)
+
+    n_start = gl.program_id(0) * BLOCK_N
+    b = gl.program_id(1) // num_kv_heads
+    kv_head = gl.program_id(1) - b * num_kv_heads
+    _q_batch, _q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
+    k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
+    m_first, n_m, _lo, _hi = query_tiles(n_start, q_len, k_len, window_left, window_right, BLOCK_M, BLOCK_N,
+                                         LEFT_BOUNDED, RIGHT_BOUNDED)
+    _zero, n_m = clip_to_sequence(0, n_m, n_start, k_len, VARLEN)
+    n_tiles = group_size * n_m
+    dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
+    mbarrier.wait(kv_ready, 0)
+    if n_tiles > 0:
+        # Tile 0: dP^T and dS^T only. P^T arrives masked from warpgroup 0, so dS^T needs no mask.
+        head, m_block = _dkdv_tile_coords(0, m_first, n_m, kv_head, group_size)
+        delta = _row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0, BLOCK_M, col_layout)
+        mbarrier.wait(qdo_ready.index(0), 0)
+        dp_t = warpgroup_mma(v_smem, do_smem.index(0).permute((1, 0)),
+                             gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
+        dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
+        ds_t = _received_score_grads(dp_t, delta, 0, p_smem, p_ready, p_empty, st_layout, P_BUFFERS)
+        ds_op = gl.convert_layout(ds_t.to(dtype), op_layout)
+        prev_stage = 0
+        for t in range(1, n_tiles):
+            head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
+            stage = t % STAGES
             delta = _row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0, BLOCK_M, col_layout)
-            stage = tiles_done % STAGES
-            mbarrier.wait(qdo_ready.index(stage), (tiles_done // STAGES) & 1)
-            dp_t = warpgroup_mma(v_smem, do_smem.index(stage).permute((1, 0)),
-                                 gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
-            dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
-            ds_t = _received_score_grads(dp_t, delta, tiles_done, p_smem, p_ready, p_empty, st_layout, P_BUFFERS)
+            if RS_FIRST:
+                dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
+                mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
+                dp_t = warpgroup_mma(v_smem, do_smem.index(stage).permute((1, 0)),
+                                     gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
+                                     is_async=True)
+                dk, ds_op = warpgroup_mma_wait(1, deps=(dk, ds_op))
+                mbarrier.arrive(qdo_empty.index(prev_stage))
+                dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
+                ds_t = _received_score_grads(dp_t, delta, t, p_smem, p_ready, p_empty, st_layout, P_BUFFERS)
+            else:
+                mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
+                dp_t = warpgroup_mma(v_smem, do_smem.index(stage).permute((1, 0)),
+                                     gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
+                                     is_async=True)
+                dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
+                dp_t = warpgroup_mma_wait(1, deps=(dp_t, ))
+                ds_t = _received_score_grads(dp_t, delta, t, p_smem, p_ready, p_empty, st_layout, P_BUFFERS)
+                dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
+                mbarrier.arrive(qdo_empty.index(prev_stage))
             ds_op = gl.convert_layout(ds_t.to(dtype), op_layout)
             prev_stage = stage
-            for t in range(1, n_tiles):
-                head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
-                it = tiles_done + t
-                stage = it % STAGES
-                delta = _row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0, BLOCK_M, col_layout)
-                if RS_FIRST:
-                    dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
-                    mbarrier.wait(qdo_ready.index(stage), (it // STAGES) & 1)
-                    dp_t = warpgroup_mma(v_smem, do_smem.index(stage).permute((1, 0)),
-                                         gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
-                                         is_async=True)
-                    dk, ds_op = warpgroup_mma_wait(1, deps=(dk, ds_op))
-                    mbarrier.arrive(qdo_empty.index(prev_stage))
-                    dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
-                else:
-                    mbarrier.wait(qdo_ready.index(stage), (it // STAGES) & 1)
-                    dp_t = warpgroup_mma(v_smem, do_smem.index(stage).permute((1, 0)),
-                                         gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
-                                         is_async=True)
-                    dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
-                    dp_t = warpgroup_mma_wait(1, deps=(dp_t, ))
-                ds_t = _received_score_grads(dp_t, delta, it, p_smem, p_ready, p_empty, st_layout, P_BUFFERS)
-                if not RS_FIRST:
-                    dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
-                    mbarrier.arrive(qdo_empty.index(prev_stage))
-                ds_op = gl.convert_layout(ds_t.to(dtype), op_layout)
-                prev_stage = stage
-            mbarrier.arrive(v_free)  # every dP^T of the item is complete
-            dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
-            dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
-            # dK is staged in the last tile's Q buffer: warpgroup 0's S^T had read it before that tile's P^T came
-            store_tile((dk * softmax_scale).to(dtype), q_smem.index(prev_stage), dk_desc, dk_ptr,
-                       num_kv_heads * HEAD_DIM, k_batch, k_first, n_start, kv_head, k_len, BLOCK_N, HEAD_DIM, 4,
-                       VARLEN)
-            mbarrier.arrive(qdo_empty.index(prev_stage))
-        else:
-            store_tile(dk.to(dtype), v_smem, dk_desc, dk_ptr, num_kv_heads * HEAD_DIM, k_batch, k_first, n_start,
-                       kv_head, k_len, BLOCK_N, HEAD_DIM, 4, VARLEN)
-            mbarrier.arrive(v_free)
-        tiles_done += n_tiles
-        items_done += 1
-        item = consumer_next_tile(item, items_done, num_items, item_slot, item_ready, item_empty, SCHEDULER)
+        dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
+        dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
+        mbarrier.arrive(qdo_empty.index(prev_stage))
+    # V is dead (only this warpgroup reads it): stage dK there.
+    store_tile((dk * softmax_scale).to(dtype), v_smem, dk_desc, dk_ptr, num_kv_heads * HEAD_DIM, k_batch, k_first,
+               n_start, kv_head, k_len, BLOCK_N, HEAD_DIM, 4, VARLEN)
 
 
 @gluon.jit
@@ -676,8 +606,8 @@ def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, pds_smem, lse_smem, delta_sm
     S^T = K Q^T and dP^T = V dO^T, P^T and dS^T into this warpgroup's shared-memory slot of the tile (two slots,
     alternating), then dV += P^T dO and dK += dS^T Q issued with the next tile's S^T and dP^T, so the exp2 of one
     tile runs under the other GEMMs. FUSED_DQ: once both warpgroups' dS^T of a tile are in, warpgroup 0 also adds
-    its dQ = dS K (`_fused_dq`). Stores dV and scale * dK. One work item per CTA."""
-    k_ready, v_ready, _k_free, _v_free, qdo_ready, qdo_empty = bars
+    its dQ = dS K (`_fused_dq`). Stores dV and scale * dK."""
+    kv_ready, qdo_ready, qdo_empty = bars
     dtype: gl.constexpr = k_smem.dtype
     ROWS: gl.constexpr = k_smem.shape[0] // 2  # one wgmma M
     k_own = k_smem.slice(WARPGROUP * ROWS, ROWS, dim=0)
@@ -700,8 +630,7 @@ def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, pds_smem, lse_smem, delta_sm
     n_tiles = group_size * n_m
     dk = gl.zeros([ROWS, HEAD_DIM], gl.float32, acc_layout)
     dv = gl.zeros([ROWS, HEAD_DIM], gl.float32, acc_layout)
-    mbarrier.wait(k_ready, 0)
-    mbarrier.wait(v_ready, 0)
+    mbarrier.wait(kv_ready, 0)
     if FUSED_DQ and VARLEN:  # dQ = dS K: keys past the sequence must be zero, as TMA leaves them unpacked
         if n_start + ROWS > k_len:
             zero_rows_past(k_own, n_start, k_len, ROWS, HEAD_DIM, 4)
@@ -762,18 +691,17 @@ def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, pds_smem, lse_smem, delta_sm
 
 
 # Sizes are not specialised (no recompiles for seqlen 1 or odd lengths); only the constexprs are.
-@gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_kv_heads", "group_size", "total_q", "n_key_blocks",
-                              "num_items", "window_left", "window_right"])
+@gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "num_kv_heads", "group_size", "total_q", "window_left",
+                              "window_right"])
 def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dk_ptr, dv_ptr, dq_desc, lse_ptr,
-                              delta_ptr, cu_seqlens_q, cu_seqlens_k, item_counter, softmax_scale, qk_scale,
-                              softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, n_key_blocks,
-                              num_items, window_left, window_right,
+                              delta_ptr, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale, seqlen_q,
+                              seqlen_k, num_kv_heads, group_size, total_q, window_left, window_right,
                               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                               STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
                               RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
                               CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
                               RS_FIRST: gl.constexpr, KEY_SPLIT: gl.constexpr, VARLEN: gl.constexpr,
-                              FUSED_DQ: gl.constexpr, PERSISTENT: gl.constexpr):
+                              FUSED_DQ: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
     # the consumers' wgmma layouts (every wgmma here has 64 rows: one warpgroup's keys): S^T and dP^T
     # (64 x BLOCK_M), the dK / dV accumulators (64 x HEAD_DIM), P^T and dS^T as their A operand
@@ -792,23 +720,15 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], qdo_layout)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], qdo_layout)
 
-    # K and V each: ready (the producer's TMA bytes) and free (its one reader is done with the work item)
-    kv_bars = gl.allocate_shared_memory(gl.int64, [4, 1], mbarrier.MBarrierLayout())
+    kv_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     qdo_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     qdo_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(4):
-        mbarrier.init(kv_bars.index(i), count=1)
+    mbarrier.init(kv_ready, count=1)
     for i in gl.static_range(STAGES):
         # key split: the producer's expect (TMA bytes) and its arrive after staging lse and delta
         mbarrier.init(qdo_ready.index(i), count=2 if KEY_SPLIT else 1)
         mbarrier.init(qdo_empty.index(i), count=2)  # both warpgroups release each Q/dO stage
-    ring = (kv_bars.index(0), kv_bars.index(1), kv_bars.index(2), kv_bars.index(3), qdo_ready, qdo_empty)
-    # the dynamic scheduler's mailbox (sm90_schedule.py): used when PERSISTENT
-    item_slot = gl.allocate_shared_memory(gl.int32, [128], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    item_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(item_bars.index(0), count=1)
-    mbarrier.init(item_bars.index(1), count=2)
-    schedule = (item_counter, item_slot, item_bars.index(0), item_bars.index(1))
+    ring = (kv_ready, qdo_ready, qdo_empty)
     if KEY_SPLIT:
         # P^T and dS^T of two tiles per warpgroup (slots: `_pds_slot`): the
         # A operands of the warpgroup's dV / dK GEMMs and, with FUSED_DQ, of warpgroup 0's dQ GEMM
@@ -830,46 +750,41 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
             (_dkdv_own_keys, (k_smem, v_smem, q_smem, do_smem, pds, lse_smem, delta_smem, fused, dk_desc, dv_desc,
                               dk_ptr, dv_ptr, ring, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale,
                               softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
-                              0, BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN,
-                              st_layout, acc_layout, FUSED_DQ)),
+                              0, BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout,
+                              acc_layout, FUSED_DQ)),
             (_dkdv_own_keys, (k_smem, v_smem, q_smem, do_smem, pds, lse_smem, delta_smem, fused, dk_desc, dv_desc,
                               dk_ptr, dv_ptr, ring, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale,
                               softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
-                              1, BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN,
-                              st_layout, acc_layout, FUSED_DQ)),
-            (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, ring, schedule,
-                              cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, n_key_blocks,
-                              num_items, window_left, window_right, (lse_smem, delta_smem), lse_ptr, delta_ptr,
-                              total_q, BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN, True, False)),
+                              1, BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout,
+                              acc_layout, FUSED_DQ)),
+            (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, ring, cu_seqlens_q,
+                              cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
+                              (lse_smem, delta_smem), lse_ptr, delta_ptr, total_q,
+                              BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN, True)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
     else:  # GEMM split
-        SCHEDULER: gl.constexpr = 2 if PERSISTENT else 0
         p_smem = gl.allocate_shared_memory(gl.float32, [P_BUFFERS, BLOCK_N, BLOCK_M], p_layout)
         p_ready = gl.allocate_shared_memory(gl.int64, [P_BUFFERS, 1], mbarrier.MBarrierLayout())
         p_empty = gl.allocate_shared_memory(gl.int64, [P_BUFFERS, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(P_BUFFERS):
             mbarrier.init(p_ready.index(i), count=1)
             mbarrier.init(p_empty.index(i), count=1)
-        bars = (kv_bars.index(0), kv_bars.index(1), kv_bars.index(2), kv_bars.index(3), qdo_ready, qdo_empty,
-                p_ready, p_empty)
+        bars = (kv_ready, qdo_ready, qdo_empty, p_ready, p_empty)
 
         gl.warp_specialize([
-            (_dkdv_probabilities, (k_smem, q_smem, do_smem, p_smem, dv_desc, dv_ptr, bars, schedule, lse_ptr,
-                                   cu_seqlens_q, cu_seqlens_k, qk_scale, softcap_scale, seqlen_q, seqlen_k,
-                                   num_kv_heads, group_size, n_key_blocks, num_items, total_q, window_left,
-                                   window_right, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS, LEFT_BOUNDED,
-                                   RIGHT_BOUNDED, SOFTCAP, RS_FIRST, VARLEN, SCHEDULER, st_layout, acc_layout,
+            (_dkdv_probabilities, (k_smem, q_smem, do_smem, p_smem, dv_desc, dv_ptr, bars, lse_ptr, cu_seqlens_q,
+                                   cu_seqlens_k, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size,
+                                   total_q, window_left, window_right, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS,
+                                   LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, RS_FIRST, VARLEN, st_layout, acc_layout,
                                    op_layout)),
-            (_dkdv_score_grads, (v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, schedule, delta_ptr,
-                                 cu_seqlens_q, cu_seqlens_k, softmax_scale, seqlen_q, seqlen_k, num_kv_heads,
-                                 group_size, n_key_blocks, num_items, total_q, window_left, window_right, BLOCK_M,
-                                 BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS, LEFT_BOUNDED, RIGHT_BOUNDED, RS_FIRST, VARLEN,
-                                 SCHEDULER, st_layout, acc_layout, op_layout)),
-            (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, ring, schedule,
-                              cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, n_key_blocks,
-                              num_items, window_left, window_right,
+            (_dkdv_score_grads, (v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, delta_ptr, cu_seqlens_q,
+                                 cu_seqlens_k, softmax_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
+                                 window_left, window_right, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS,
+                                 LEFT_BOUNDED, RIGHT_BOUNDED, RS_FIRST, VARLEN, st_layout, acc_layout, op_layout)),
+            (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, ring, cu_seqlens_q,
+                              cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
                               (p_smem, p_smem), lse_ptr, delta_ptr, total_q,  # no row stats: STATS=False
-                              BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN, False, PERSISTENT)),
+                              BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN, False)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -1149,23 +1064,15 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
     dq_box = _dq_accum_box(cfg)
     dq_desc = TensorDescriptor(dq_accum, list(dq_accum.shape), list(dq_accum.stride()), dq_box,
                                gl.NVMMASharedLayout.get_default_for(dq_box, gl.float32))
-    # work items: the key blocks of every (sequence, kv head); a persistent grid takes them from a counter that
-    # must start at zero on every launch
-    n_key_blocks = triton.cdiv(max_k, cfg.block_n)
-    num_items = n_key_blocks * num_seqs * nheads_kv
-    if cfg.persistent:
-        grid, item_counter = (min(num_items, sm_count(q.device)), ), torch.zeros(1, dtype=torch.int32, device=q.device)
-    else:
-        grid, item_counter = (n_key_blocks, num_seqs * nheads_kv), int_placeholder(q.device)
-    sm90_attn_bwd_dkdv_kernel[grid](
+    sm90_attn_bwd_dkdv_kernel[(triton.cdiv(max_k, cfg.block_n), num_seqs * nheads_kv)](
         desc(q, cfg.block_m), desc(k, cfg.block_n), desc(v, cfg.block_n),
         desc(dout, cfg.block_m), tma_descriptor(dk, WARPGROUP_ROWS), tma_descriptor(dv, WARPGROUP_ROWS), dk, dv,
-        dq_desc, lse, delta, cu_q, cu_k, item_counter, args.softmax_scale, qk_scale, softcap_scale, seqlen_q,
-        seqlen_k, nheads_kv, group_size, total_q, n_key_blocks, num_items, window_left, window_right,
+        dq_desc, lse, delta, cu_q, cu_k, args.softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, nheads_kv,
+        group_size, total_q, window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, STAGES=cfg.qdo_stages,
         P_BUFFERS=cfg.p_buffers, SOFTCAP=args.softcap > 0, **mask_flags, CONSUMER_REGS=cfg.consumer_regs,
         PRODUCER_REGS=cfg.producer_regs, RS_FIRST=cfg.rs_first, KEY_SPLIT=cfg.key_split, VARLEN=varlen,
-        FUSED_DQ=fused_dq, PERSISTENT=cfg.persistent, num_warps=4, maxnreg=cfg.launch_maxnreg)
+        FUSED_DQ=fused_dq, num_warps=4, maxnreg=cfg.launch_maxnreg)
 
     cfg = DQ_CONFIGS[head_dim]
     if fused_dq:
@@ -1227,13 +1134,12 @@ def compile_dkdv(cfg: Sm90BwdDkdvConfig, causal: bool, dtype: torch.dtype = torc
     signature = dict(_desc_types(dtype, cfg.head_dim, q_desc=cfg.block_m, k_desc=cfg.block_n,
                                  v_desc=cfg.block_n, do_desc=cfg.block_m, dk_desc=WARPGROUP_ROWS,
                                  dv_desc=WARPGROUP_ROWS), dk_ptr=out_ptr, dv_ptr=out_ptr,
-                     dq_desc=_dq_accum_desc_type(cfg), num_kv_heads="i32", item_counter="*i32", n_key_blocks="i32",
-                     num_items="i32", **_SCALARS)
+                     dq_desc=_dq_accum_desc_type(cfg), num_kv_heads="i32", **_SCALARS)
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, STAGES=cfg.qdo_stages,
                       P_BUFFERS=cfg.p_buffers, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
                       SOFTCAP=softcap, CONSUMER_REGS=cfg.consumer_regs, PRODUCER_REGS=cfg.producer_regs,
                       RS_FIRST=cfg.rs_first, KEY_SPLIT=cfg.key_split, VARLEN=varlen,
-                      FUSED_DQ=fuses_dq(cfg, deterministic, left_bounded, softcap), PERSISTENT=cfg.persistent)
+                      FUSED_DQ=fuses_dq(cfg, deterministic, left_bounded, softcap))
     return compile_gluon(sm90_attn_bwd_dkdv_kernel, signature, constexprs, arch=arch, num_warps=4,
                          maxnreg=cfg.launch_maxnreg)
 

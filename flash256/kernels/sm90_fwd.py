@@ -50,7 +50,6 @@ from ..ex2 import exp2_split_gl
 from .portable_fwd import score_scales
 from .sm90_masking import key_blocks, mask_arguments, soft_cap, unmasked_key_blocks, visible_keys, window_offsets
 from .sm90_rows import clip_to_sequence, sequence_rows, store_tile
-from .sm90_schedule import consumer_next_tile, publish_next_tile, sm_count
 
 SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
 REGISTERS_PER_SM = 65536
@@ -178,6 +177,22 @@ def _tile_coords(tile, num_m_blocks, num_heads_total, heads_per_section, REVERSE
 
 
 @gluon.jit
+def _consumer_next_tile(tile, tile_iter, num_tiles, tile_slot, tile_ready, tile_empty,
+                        SCHEDULER: gl.constexpr):
+    # "single"/"static": the next tile is one grid further. "dynamic": the producer publishes it in
+    # shared memory; read it, then tell the producer the slot is free.
+    if SCHEDULER == 2:
+        mbarrier.wait(tile_ready, (tile_iter - 1) & 1)
+        tile = gl.max(tile_slot.load(gl.BlockedLayout([1], [32], [4], [0])), axis=0)
+        mbarrier.arrive(tile_empty)
+    elif SCHEDULER == 1:
+        tile = tile + gl.num_programs(0)
+    else:
+        tile = num_tiles  # one tile per CTA
+    return tile
+
+
+@gluon.jit
 def _apply_mask(s, row_start, col_start, seqlen_q, seqlen_k, window_left, window_right, s_layout: gl.constexpr,
                 HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
                 RIGHT_BOUNDED: gl.constexpr):
@@ -296,7 +311,12 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, t
                                             v_ready.index(stage), v_smem.index(stage))
             kv_iter += 1
         if SCHEDULER == 2:
-            tile = publish_next_tile(tile_counter, tile_slot, tile_ready, tile_empty, tile_iter)
+            # Take the next tile from the global counter (the first grid-size tiles went to the
+            # CTAs by program id) and hand it to both consumers once they have read the last one.
+            tile = gl.atomic_add(tile_counter, 1) + gl.num_programs(0)
+            mbarrier.wait(tile_empty, (tile_iter & 1) ^ 1)
+            tile_slot.store(gl.full([128], tile, gl.int32, gl.BlockedLayout([4], [32], [1], [0])))
+            mbarrier.arrive(tile_ready)
         else:
             tile += gl.num_programs(0)
         tile_iter += 1
@@ -450,7 +470,8 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
         gl.thread_barrier()  # each warp finished its own stores; now all of them have
         mbarrier.arrive(q_empty.index(WG))
         tile_iter += 1
-        tile = consumer_next_tile(tile, tile_iter, num_tiles, tile_slot, tile_ready, tile_empty, SCHEDULER)
+        tile = _consumer_next_tile(tile, tile_iter, num_tiles, tile_slot, tile_ready, tile_empty,
+                                   SCHEDULER)
 
 
 # Worker partitions take no Python-int arguments (only IR values and constexprs passed through), so
@@ -541,6 +562,7 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_pt
 # --------------------------------------------------------------------------------------------------
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 _SIG_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+_SM_COUNT: dict[int, int] = {}
 _INT_PLACEHOLDERS: dict[torch.device, torch.Tensor] = {}
 
 
@@ -652,7 +674,10 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
     if sched == "single":
         grid = num_tiles
     else:
-        grid = min(num_tiles, sm_count(q.device))
+        dev = q.device.index if q.device.index is not None else torch.cuda.current_device()
+        if dev not in _SM_COUNT:
+            _SM_COUNT[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
+        grid = min(num_tiles, _SM_COUNT[dev])
     # the dynamic scheduler's tile counter must start at zero on every launch; others ignore it
     if sched == "dynamic":
         tile_counter = torch.zeros(1, dtype=torch.int32, device=q.device)
