@@ -3,7 +3,7 @@
     python scripts/sm90_bwd_check.py correctness     # every (d, causal, dtype) in its own process, in parallel
     python scripts/sm90_bwd_check.py combo 256 1 bf16
     python scripts/sm90_bwd_check.py features 256 bf16   # sliding windows and soft caps
-    python scripts/sm90_bwd_check.py profile [d]     # CUDA time per backward kernel (d=256), 4k and 16k
+    python scripts/sm90_bwd_check.py profile [d]     # CUDA time per backward kernel (d=256), 1k, 4k and 16k
 
 Each case runs flash256.attention (auto dispatch: the Gluon forward where it applies, the Gluon
 backward) under autograd and asserts that auto picked the sm90 backward. Rule per tensor x in (out, dq,
@@ -160,7 +160,7 @@ def profile(head_dim=256):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
     for causal in (False, True):
-        for seqlen in (4096, 16384):
+        for seqlen in (1024, 4096, 16384):
             torch.manual_seed(0)
             q, k, v = (torch.randn(32768 // seqlen, seqlen, 2048 // head_dim, head_dim, device="cuda",
                                    dtype=torch.bfloat16, requires_grad=True) for _ in range(3))

@@ -1058,9 +1058,12 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
     cfg = DKDV_CONFIGS[head_dim]
     fused_dq = fuses_dq(cfg, args.deterministic, mask_flags["LEFT_BOUNDED"], args.softcap > 0)
     # fused: the fp32 dQ the kernel's reductions add into (as FA2/FA3's dq_accum: 2 bytes per dQ byte more,
-    # for the call); otherwise a token tensor for the unused descriptor
-    dq_accum = torch.zeros(dq.shape if fused_dq else (1, cfg.block_m, 1, head_dim), dtype=torch.float32,
-                           device=q.device)
+    # for the call); otherwise a token tensor for the unused descriptor, never read or written (empty: no fill
+    # kernel for it)
+    if fused_dq:
+        dq_accum = torch.zeros(dq.shape, dtype=torch.float32, device=q.device)
+    else:
+        dq_accum = torch.empty((1, cfg.block_m, 1, head_dim), dtype=torch.float32, device=q.device)
     dq_box = _dq_accum_box(cfg)
     dq_desc = TensorDescriptor(dq_accum, list(dq_accum.shape), list(dq_accum.stride()), dq_box,
                                gl.NVMMASharedLayout.get_default_for(dq_box, gl.float32))
