@@ -783,7 +783,7 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
                                  LEFT_BOUNDED, RIGHT_BOUNDED, RS_FIRST, VARLEN, st_layout, acc_layout, op_layout)),
             (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, ring, cu_seqlens_q,
                               cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
-                              (p_smem, p_smem), lse_ptr, delta_ptr, total_q,  # no row stats: STATS=False
+                              None, lse_ptr, delta_ptr, total_q,  # no row stats: STATS=False
                               BLOCK_M, BLOCK_N, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN, False)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
