@@ -1,6 +1,6 @@
 """A/B timing of sm90 configuration variants in one process (device call helper).
 
-    python scripts/variants.py bwd:default bwd:rs_first=0 fwd:default fwd:q_reg_cols=128
+    python scripts/variants.py bwd:default bwd:p_buffers=1 fwd:default fwd:q_reg_cols=128
 
 A variant is `fwd:` or `bwd:` followed by `default` or comma-separated `field=int` overrides of the
 shipped Sm90FwdConfig / Sm90BwdDkdvConfig of every head dim (a head dim whose overridden configuration
@@ -117,4 +117,4 @@ def main(variants):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["bwd:default", "bwd:rs_first=0"])
+    main(sys.argv[1:] or ["bwd:default", "bwd:p_buffers=1"])

@@ -97,10 +97,6 @@ class Sm90BwdDkdvConfig:
     # shared memory) and added to an fp32 dQ with TMA bulk reductions: no dQ kernel, 5 GEMMs instead of 7.
     # deterministic=True runs the same kernel without it, then the dQ kernel.
     fused_dq: bool = False
-    # Issue the pending RS GEMM (dV / dK of the previous tile) before this tile's SS GEMM, so a Q/dO stage
-    # is freed ~3 GEMMs before the producer's next load is needed instead of ~1: pays with a 2-stage
-    # ring (d=256: +9..20% measured), costs ~1.5% with 4 stages (d=128), where loads are not late.
-    rs_first: bool = False
     block_m: int = 64
     consumer_regs: int = 240
     producer_regs: int = 24
@@ -172,7 +168,7 @@ class Sm90BwdDkdvConfig:
                 f"regs/thread acc={self.regs_acc} S={self.regs_s} op={self.regs_operand}")
 
     def check(self) -> None:
-        assert (self.p_buffers == 0) == self.key_split and not (self.key_split and self.rs_first), self.describe()
+        assert (self.p_buffers == 0) == self.key_split, self.describe()
         assert self.key_split or not self.fused_dq, self.describe()
         assert self.smem_total <= SMEM_LIMIT_BYTES, self.describe()
         assert self.register_budget <= REGISTERS_PER_SM, self.describe()
@@ -246,7 +242,7 @@ class Sm90BwdDqConfig:
 
 # d=256 dK/dV: K + V 64 KB, 2 Q/dO stages x 64 KB, 2 P^T slots x 16 KB = 224 KB (+ 72 B barriers).
 # Registers: accumulator 128 + S^T 32 + operand 16 = 176 of 240.
-DKDV_D256 = Sm90BwdDkdvConfig(head_dim=256, qdo_stages=2, p_buffers=2, rs_first=True)
+DKDV_D256 = Sm90BwdDkdvConfig(head_dim=256, qdo_stages=2, p_buffers=2)
 # d=128, key split, fused dQ: K + V 64 KB (128 keys), 2 stages x 32 KB (64-row Q/dO tiles), P^T/dS^T slots
 # 64 KB, lse/delta 1 KB, dQ staging 32 KB = 225 KB. Registers dK + dV 128 + S^T + dP^T 64 = 192 of 240; the
 # dQ accumulator (64 more, warpgroup 0) lives between tiles.
@@ -390,7 +386,7 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, dv_ptr, bars, 
                         window_left, window_right,
                         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                         STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
-                        RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, RS_FIRST: gl.constexpr,
+                        RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
                         VARLEN: gl.constexpr, st_layout: gl.constexpr, acc_layout: gl.constexpr,
                         op_layout: gl.constexpr):
     """Warpgroup 0: S^T = K Q^T, P^T (shared with warpgroup 1), dV += P^T dO; stores dV."""
@@ -424,37 +420,23 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, dv_ptr, bars, 
         p_op = gl.convert_layout(p_t.to(dtype), op_layout)
         prev_stage = 0
         for t in range(1, n_tiles):
-            # dV += P^T dO of tile t-1 and S^T of tile t in flight together (order: cfg.rs_first).
+            # dV += P^T dO of tile t-1 issued before S^T of tile t: the Q/dO stage of tile t-1 is freed ~3 GEMMs
+            # before the producer needs it, not ~1 (the other order measured 9-20% slower with this 2-stage ring)
             head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
             stage = t % STAGES
             lse2 = _row_stats(lse_ptr, head, q_flat, m_block, q_len, total_q, float("inf"), BLOCK_M,
                               col_layout) * LOG2E
-            if RS_FIRST:
-                dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
-                mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
-                s_t = warpgroup_mma(k_smem, q_smem.index(stage).permute((1, 0)),
-                                    gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
-                                    is_async=True)
-                dv, p_op = warpgroup_mma_wait(1, deps=(dv, p_op))
-                mbarrier.arrive(qdo_empty.index(prev_stage))
-                s_t = warpgroup_mma_wait(0, deps=(s_t, ))
-                p_t = _share_probabilities(s_t, t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
-                                           softcap_scale, q_len, k_len, window_left, window_right, p_smem,
-                                           p_ready, p_empty, st_layout, BLOCK_N, BLOCK_M, P_BUFFERS, LEFT_BOUNDED,
-                                           RIGHT_BOUNDED, SOFTCAP)
-            else:
-                mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
-                s_t = warpgroup_mma(k_smem, q_smem.index(stage).permute((1, 0)),
-                                    gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
-                                    is_async=True)
-                dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
-                s_t = warpgroup_mma_wait(1, deps=(s_t, ))
-                p_t = _share_probabilities(s_t, t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
-                                           softcap_scale, q_len, k_len, window_left, window_right, p_smem,
-                                           p_ready, p_empty, st_layout, BLOCK_N, BLOCK_M, P_BUFFERS, LEFT_BOUNDED,
-                                           RIGHT_BOUNDED, SOFTCAP)
-                dv, p_op = warpgroup_mma_wait(0, deps=(dv, p_op))
-                mbarrier.arrive(qdo_empty.index(prev_stage))
+            dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
+            mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
+            s_t = warpgroup_mma(k_smem, q_smem.index(stage).permute((1, 0)),
+                                gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
+            dv, p_op = warpgroup_mma_wait(1, deps=(dv, p_op))
+            mbarrier.arrive(qdo_empty.index(prev_stage))
+            s_t = warpgroup_mma_wait(0, deps=(s_t, ))
+            p_t = _share_probabilities(s_t, t, lse2, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
+                                       softcap_scale, q_len, k_len, window_left, window_right, p_smem, p_ready,
+                                       p_empty, st_layout, BLOCK_N, BLOCK_M, P_BUFFERS, LEFT_BOUNDED, RIGHT_BOUNDED,
+                                       SOFTCAP)
             p_op = gl.convert_layout(p_t.to(dtype), op_layout)
             prev_stage = stage
         dv = warpgroup_mma(p_op, do_smem.index(prev_stage), dv, is_async=True)
@@ -470,7 +452,7 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, de
                       softmax_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, total_q, window_left,
                       window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                       STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
-                      RIGHT_BOUNDED: gl.constexpr, RS_FIRST: gl.constexpr, VARLEN: gl.constexpr,
+                      RIGHT_BOUNDED: gl.constexpr, VARLEN: gl.constexpr,
                       st_layout: gl.constexpr, acc_layout: gl.constexpr, op_layout: gl.constexpr):
     """Warpgroup 1: dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q; stores scale * dK."""
     kv_ready, qdo_ready, qdo_empty, p_ready, p_empty = bars
@@ -503,26 +485,14 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, de
             head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
             stage = t % STAGES
             delta = _row_stats(delta_ptr, head, q_flat, m_block, q_len, total_q, 0.0, BLOCK_M, col_layout)
-            if RS_FIRST:
-                dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
-                mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
-                dp_t = warpgroup_mma(v_smem, do_smem.index(stage).permute((1, 0)),
-                                     gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
-                                     is_async=True)
-                dk, ds_op = warpgroup_mma_wait(1, deps=(dk, ds_op))
-                mbarrier.arrive(qdo_empty.index(prev_stage))
-                dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
-                ds_t = _received_score_grads(dp_t, delta, t, p_smem, p_ready, p_empty, st_layout, P_BUFFERS)
-            else:
-                mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
-                dp_t = warpgroup_mma(v_smem, do_smem.index(stage).permute((1, 0)),
-                                     gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False,
-                                     is_async=True)
-                dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
-                dp_t = warpgroup_mma_wait(1, deps=(dp_t, ))
-                ds_t = _received_score_grads(dp_t, delta, t, p_smem, p_ready, p_empty, st_layout, P_BUFFERS)
-                dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
-                mbarrier.arrive(qdo_empty.index(prev_stage))
+            dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)  # first, as dV in warpgroup 0
+            mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
+            dp_t = warpgroup_mma(v_smem, do_smem.index(stage).permute((1, 0)),
+                                 gl.zeros([BLOCK_N, BLOCK_M], gl.float32, st_layout), use_acc=False, is_async=True)
+            dk, ds_op = warpgroup_mma_wait(1, deps=(dk, ds_op))
+            mbarrier.arrive(qdo_empty.index(prev_stage))
+            dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
+            ds_t = _received_score_grads(dp_t, delta, t, p_smem, p_ready, p_empty, st_layout, P_BUFFERS)
             ds_op = gl.convert_layout(ds_t.to(dtype), op_layout)
             prev_stage = stage
         dk = warpgroup_mma(ds_op, q_smem.index(prev_stage), dk, is_async=True)
@@ -700,7 +670,7 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
                               STAGES: gl.constexpr, P_BUFFERS: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
                               RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
                               CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-                              RS_FIRST: gl.constexpr, KEY_SPLIT: gl.constexpr, VARLEN: gl.constexpr,
+                              KEY_SPLIT: gl.constexpr, VARLEN: gl.constexpr,
                               FUSED_DQ: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
     # the consumers' wgmma layouts (every wgmma here has 64 rows: one warpgroup's keys): S^T and dP^T
@@ -775,12 +745,12 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
             (_dkdv_probabilities, (k_smem, q_smem, do_smem, p_smem, dv_desc, dv_ptr, bars, lse_ptr, cu_seqlens_q,
                                    cu_seqlens_k, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size,
                                    total_q, window_left, window_right, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS,
-                                   LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, RS_FIRST, VARLEN, st_layout, acc_layout,
+                                   LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout, acc_layout,
                                    op_layout)),
             (_dkdv_score_grads, (v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, delta_ptr, cu_seqlens_q,
                                  cu_seqlens_k, softmax_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, total_q,
                                  window_left, window_right, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, P_BUFFERS,
-                                 LEFT_BOUNDED, RIGHT_BOUNDED, RS_FIRST, VARLEN, st_layout, acc_layout, op_layout)),
+                                 LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN, st_layout, acc_layout, op_layout)),
             (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, ring, cu_seqlens_q,
                               cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
                               None, lse_ptr, delta_ptr, total_q,  # no row stats: STATS=False
@@ -1074,7 +1044,7 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
         group_size, total_q, window_left, window_right,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, STAGES=cfg.qdo_stages,
         P_BUFFERS=cfg.p_buffers, SOFTCAP=args.softcap > 0, **mask_flags, CONSUMER_REGS=cfg.consumer_regs,
-        PRODUCER_REGS=cfg.producer_regs, RS_FIRST=cfg.rs_first, KEY_SPLIT=cfg.key_split, VARLEN=varlen,
+        PRODUCER_REGS=cfg.producer_regs, KEY_SPLIT=cfg.key_split, VARLEN=varlen,
         FUSED_DQ=fused_dq, num_warps=4, maxnreg=cfg.launch_maxnreg)
 
     cfg = DQ_CONFIGS[head_dim]
@@ -1141,7 +1111,7 @@ def compile_dkdv(cfg: Sm90BwdDkdvConfig, causal: bool, dtype: torch.dtype = torc
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, STAGES=cfg.qdo_stages,
                       P_BUFFERS=cfg.p_buffers, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
                       SOFTCAP=softcap, CONSUMER_REGS=cfg.consumer_regs, PRODUCER_REGS=cfg.producer_regs,
-                      RS_FIRST=cfg.rs_first, KEY_SPLIT=cfg.key_split, VARLEN=varlen,
+                      KEY_SPLIT=cfg.key_split, VARLEN=varlen,
                       FUSED_DQ=fuses_dq(cfg, deterministic, left_bounded, softcap))
     return compile_gluon(sm90_attn_bwd_dkdv_kernel, signature, constexprs, arch=arch, num_warps=4,
                          maxnreg=cfg.launch_maxnreg)
