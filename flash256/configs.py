@@ -1,4 +1,5 @@
-"""Tile configurations of the portable tl kernels, with their resource accounting.
+"""Tile configurations of the portable tl kernels, with their resource accounting, and the Hopper
+limits and register accounting the Gluon kernels' configurations (sm90_fwd.py, sm90_bwd.py) share.
 
 Shared memory is counted for sm_90 (232448 B per block) with bf16/fp16 tiles; registers
 are what the fp32 accumulators alone need per thread. `python -m flash256.inspect` compiles
@@ -6,7 +7,9 @@ each of these for sm_90a and checks the real numbers (no spills, shared memory i
 """
 from dataclasses import dataclass
 
-SMEM_LIMIT_SM90 = 232448
+SMEM_LIMIT_SM90 = 232448  # H100/H200 max dynamic shared memory per block (227 KB)
+REGISTERS_PER_SM = 65536
+WARPGROUP_ROWS = 64  # rows of one wgmma (m64)
 HEAD_DIMS = (64, 128, 256)  # padded head dims the kernels are built for (BLOCK_D)
 
 
@@ -16,6 +19,25 @@ def padded_head_dim(head_dim: int) -> int:
         if head_dim <= block_d:
             return block_d
     raise ValueError(f"head_dim {head_dim} > 256")
+
+
+class WarpSpecializedResources:
+    """Accounting shared by the Gluon kernels' frozen configurations: 12 warps per CTA (two consumer
+    warpgroups and the producer's warpgroup), registers moved with setmaxnreg per warpgroup. A subclass has
+    consumer_regs, producer_regs, smem_total and describe()."""
+
+    @property
+    def register_budget(self) -> int:
+        return 128 * (2 * self.consumer_regs + self.producer_regs)
+
+    @property
+    def launch_maxnreg(self) -> int:
+        # registers per thread at launch (before setmaxnreg): the register file spread over 384 threads
+        return (REGISTERS_PER_SM // 384) // 8 * 8
+
+    def check_resources(self) -> None:
+        assert self.smem_total <= SMEM_LIMIT_SM90, self.describe()
+        assert self.register_budget <= REGISTERS_PER_SM, self.describe()
 
 
 @dataclass(frozen=True)

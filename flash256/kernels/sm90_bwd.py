@@ -64,6 +64,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from ..configs import WARPGROUP_ROWS, WarpSpecializedResources
 from .portable_bwd import attention_delta
 from .portable_fwd import score_scales
 from .sm90_masking import (key_blocks, mask_arguments, query_tiles, soft_cap, unmasked_key_blocks, visible_keys,
@@ -71,9 +72,6 @@ from .sm90_masking import (key_blocks, mask_arguments, query_tiles, soft_cap, un
 from .sm90_fwd import _GL_DTYPES, _SIG_DTYPES, _tma_operand, int_placeholder, io_block, smem_layout, tma_descriptor
 from .sm90_rows import clip_to_sequence, sequence_rows, store_tile, tma_reduce_add, zero_rows_past
 
-SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
-REGISTERS_PER_SM = 65536
-WARPGROUP_ROWS = 64  # rows of one wgmma (m64)
 BARRIER_BYTES = 8
 LOG2E = gl.constexpr(1.4426950408889634)  # lse is natural-log; the kernels work in base 2
 
@@ -82,7 +80,7 @@ LOG2E = gl.constexpr(1.4426950408889634)  # lse is natural-log; the kernels work
 # Configurations and their resource accounting
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Sm90BwdDkdvConfig:
+class Sm90BwdDkdvConfig(WarpSpecializedResources):
     """dK/dV kernel: BLOCK_N keys per CTA, BLOCK_M-row Q/dO tiles streamed. Two ways to share a tile's four
     GEMMs between the two consumer warpgroups:
       GEMM split (d=256): 64 keys; warpgroup 0 computes S^T, P^T and dV, warpgroup 1 dP^T, dS^T and dK (P^T
@@ -152,14 +150,6 @@ class Sm90BwdDkdvConfig:
     def regs_operand(self) -> int:  # GEMM split: P^T or dS^T in 16 bits, two per register (key split: in smem)
         return 0 if self.key_split else self.regs_s // 2
 
-    @property
-    def register_budget(self) -> int:
-        return 128 * (2 * self.consumer_regs + self.producer_regs)
-
-    @property
-    def launch_maxnreg(self) -> int:
-        return (REGISTERS_PER_SM // 384) // 8 * 8
-
     def describe(self) -> str:
         return (f"dkdv_d{self.head_dim}_n{self.block_n}_m{self.block_m}_s{self.qdo_stages}_p{self.p_buffers}"
                 f"{'_keysplit' if self.key_split else ''}"
@@ -170,8 +160,7 @@ class Sm90BwdDkdvConfig:
     def check(self) -> None:
         assert (self.p_buffers == 0) == self.key_split, self.describe()
         assert self.key_split or not self.fused_dq, self.describe()
-        assert self.smem_total <= SMEM_LIMIT_BYTES, self.describe()
-        assert self.register_budget <= REGISTERS_PER_SM, self.describe()
+        self.check_resources()
         # live in a consumer's inner loop: accumulators + S^T/dP^T + the previous tile's operands + slack
         # (addresses, the dQ accumulator's share; 224 of 240 at d=128 with 64-row tiles in registers serialised
         # the wgmmas, which is why the key split keeps P^T and dS^T in shared memory)
@@ -179,7 +168,7 @@ class Sm90BwdDkdvConfig:
 
 
 @dataclass(frozen=True)
-class Sm90BwdDqConfig:
+class Sm90BwdDqConfig(WarpSpecializedResources):
     """dQ kernel: 2 x 64 query rows per CTA (both consumer warpgroups in one 8-warp partition, each
     owning 64 rows of every M = 128 wgmma), BLOCK_N-key K/V blocks. consumer_regs is what Triton gives
     that partition: (65536 - 128 * producer_regs) / 256 rounded down to 8 = 240."""
@@ -220,14 +209,6 @@ class Sm90BwdDqConfig:
     def regs_operand(self) -> int:  # dS in 16 bits
         return self.regs_s // 2
 
-    @property
-    def register_budget(self) -> int:
-        return 128 * (2 * self.consumer_regs + self.producer_regs)
-
-    @property
-    def launch_maxnreg(self) -> int:
-        return (REGISTERS_PER_SM // 384) // 8 * 8
-
     def describe(self) -> str:
         return (f"dq_d{self.head_dim}_m{self.block_m}_n{self.block_n}_k{self.k_stages}_v{self.v_stages} "
                 f"smem={self.smem_total}B (QdO {self.smem_qdo} + KV {self.smem_kv}) "
@@ -235,8 +216,7 @@ class Sm90BwdDqConfig:
 
     def check(self) -> None:
         assert self.block_m == 2 * WARPGROUP_ROWS, self.describe()
-        assert self.smem_total <= SMEM_LIMIT_BYTES, self.describe()
-        assert self.register_budget <= REGISTERS_PER_SM, self.describe()
+        self.check_resources()
         assert self.regs_acc + 2 * self.regs_s + self.regs_operand <= self.consumer_regs - 24, self.describe()
 
 

@@ -46,14 +46,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from ..configs import SMEM_LIMIT_SM90, WARPGROUP_ROWS, WarpSpecializedResources
 from ..ex2 import exp2_split_gl
 from .portable_fwd import score_scales
 from .sm90_masking import key_blocks, mask_arguments, soft_cap, unmasked_key_blocks, visible_keys, window_offsets
 from .sm90_rows import clip_to_sequence, sequence_rows, store_tile
 
-SMEM_LIMIT_BYTES = 232448  # H100 max dynamic shared memory per block (227 KB)
-REGISTERS_PER_SM = 65536
-WARPGROUP_ROWS = 64  # rows of one wgmma (m64); each consumer warpgroup owns this many query rows
 L2_SECTION_BYTES = 32 * 1024 * 1024  # K+V bytes of the heads processed together (H100 L2: 50 MB)
 
 
@@ -61,7 +59,7 @@ L2_SECTION_BYTES = 32 * 1024 * 1024  # K+V bytes of the heads processed together
 # Configurations and their resource accounting
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Sm90FwdConfig:
+class Sm90FwdConfig(WarpSpecializedResources):
     head_dim: int
     block_n: int  # keys per K/V block
     k_stages: int  # depth of the K ring
@@ -113,16 +111,6 @@ class Sm90FwdConfig:
     def regs_q(self) -> int:  # 16-bit Q packed two per register
         return WARPGROUP_ROWS * self.q_reg_cols // 256
 
-    @property
-    def register_budget(self) -> int:
-        # 12 warps (2 consumer warpgroups + the producer's warpgroup); setmaxnreg per warpgroup
-        return 128 * (2 * self.consumer_regs + self.producer_regs)
-
-    @property
-    def launch_maxnreg(self) -> int:
-        # registers per thread at launch (before setmaxnreg): the budget spread over 384 threads
-        return (REGISTERS_PER_SM // 384) // 8 * 8
-
     def describe(self) -> str:
         return (f"d{self.head_dim}_m{self.block_m}_n{self.block_n}_k{self.k_stages}v{self.v_stages}"
                 f"_r{self.rescale_threshold:g}" + (f"_qr{self.q_reg_cols}" if self.q_reg_cols else "") +
@@ -132,8 +120,7 @@ class Sm90FwdConfig:
 
     def check(self) -> None:
         assert self.q_reg_cols in (0, 64, 128, 256) and self.q_reg_cols <= self.head_dim, self.describe()
-        assert self.smem_total <= SMEM_LIMIT_BYTES, self.describe()
-        assert self.register_budget <= REGISTERS_PER_SM, self.describe()
+        self.check_resources()
 
 
 # d=256: Q 64 KB + K 2x32 KB + V 2x32 KB = 192 KB (+ barriers). A third K stage fits (224 KB + barriers,
@@ -794,7 +781,7 @@ def resource_usage(compiled) -> dict:
                               for n in re.findall(r"USETMAXREG\.[\w.]+ (?:UP\d, )?(0x[0-9a-f]+)", sass)}),
         "hgmma": len(re.findall(r"\bHGMMA\b", sass)),
         "shared_bytes": compiled.metadata.shared,
-        "shared_ok": compiled.metadata.shared <= SMEM_LIMIT_BYTES,
+        "shared_ok": compiled.metadata.shared <= SMEM_LIMIT_SM90,
     }
 
 
