@@ -3,6 +3,7 @@
     python scripts/bwd_probe.py [--dims 128,64] [variant ...]  variant: base | name=path/to/sm90_bwd_variant.py
                                                                 | name=path/to/change.patch (applied to sm90_bwd.py)
     python scripts/bwd_probe.py --kernels [variant]  kernel timeline of 24 calls timed as the bench times them
+    --deterministic (first, or after --dims): check and time the deterministic=True backward instead
 
 Each variant replaces the dispatcher's sm90 backward, is checked against the fp32 reference (d 256/128/64,
 causal and not, GQA 2:1, ragged seqlens), then timed with the bench's Timer (L2 flushed before every call,
@@ -26,6 +27,7 @@ from flash256.testing import accuracy_check, reference_results  # noqa: E402
 from variants import probe_module, tflops  # noqa: E402  (scripts/variants.py, beside this file)
 
 SOURCE = (ROOT / "flash256/kernels/sm90_bwd.py").read_text()
+DETERMINISTIC = False
 CASES = ([(256, c, s) for s in (1024, 4096, 16384) for c in (False, True)]
          + [(d, c, s) for d in (128, 64) for s in (2048, 8192) for c in (False, True)])
 
@@ -60,7 +62,7 @@ def check():
             k, v = (torch.randn(2, sk, hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
             dout = torch.randn_like(q)
             leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-            out = flash256.flash_attn_func(*leaves, causal=causal)
+            out = flash256.flash_attn_func(*leaves, causal=causal, deterministic=DETERMINISTIC)
             grads = dict(zip(("dq", "dk", "dv"), torch.autograd.grad(out, leaves, dout)))
             ref32, reflow = reference_results(q, k, v, dout, causal=causal)
             results += [accuracy_check(n, x, ref32[n], reflow[n]) for n, x in grads.items()]
@@ -81,7 +83,7 @@ def backward_call(d, causal, seqlen, cudnn):
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
     else:
-        out = flash256.flash_attn_func(q, k, v, causal=causal)
+        out = flash256.flash_attn_func(q, k, v, causal=causal, deterministic=DETERMINISTIC)
     dout = torch.randn_like(out)
     call = lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)  # noqa: E731
     call()
@@ -160,4 +162,7 @@ if __name__ == "__main__":
             dims = {int(d) for d in argv[1].split(",")}
             CASES[:] = [case for case in CASES if case[0] in dims]
             argv = argv[2:]
+        if argv[:1] == ["--deterministic"]:
+            DETERMINISTIC = True
+            argv = argv[1:]
         main(argv or ["base"])
