@@ -258,6 +258,25 @@ def _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size):
 
 
 @gluon.jit
+def _dkdv_cta_work(cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, window_left, window_right,
+                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
+                   RIGHT_BOUNDED: gl.constexpr, VARLEN: gl.constexpr):
+    """The CTA's keys [n_start, n_start + BLOCK_N) of kv head kv_head, the rows of its sequence
+    (sm90_rows.sequence_rows: batch, first row, length, flattened first row; for Q and for K), and the query tiles
+    that see those keys: m_first .. m_first + n_m - 1, unmasked in [unmasked_lo, unmasked_hi)."""
+    n_start = gl.program_id(0) * BLOCK_N
+    b = gl.program_id(1) // num_kv_heads
+    kv_head = gl.program_id(1) - b * num_kv_heads
+    q_rows = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
+    k_rows = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
+    k_len = k_rows[2]
+    m_first, n_m, unmasked_lo, unmasked_hi = query_tiles(n_start, q_rows[2], k_len, window_left, window_right,
+                                                         BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
+    _zero, n_m = clip_to_sequence(0, n_m, n_start, k_len, VARLEN)
+    return n_start, kv_head, q_rows, k_rows, m_first, n_m, unmasked_lo, unmasked_hi
+
+
+@gluon.jit
 def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, bars, cu_seqlens_q,
                    cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
                    stats, lse_ptr, delta_ptr, total_q,
@@ -268,17 +287,14 @@ def _dkdv_producer(q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_s
     group) through the ring; with STATS also the tile's base-2 lse and delta into `stats` (a second arrive on
     the stage's ready barrier)."""
     kv_ready, qdo_ready, qdo_empty = bars
-    n_start = gl.program_id(0) * BLOCK_N
-    b = gl.program_id(1) // num_kv_heads
-    kv_head = gl.program_id(1) - b * num_kv_heads
-    q_batch, q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
-    k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
+    n_start, kv_head, q_rows, k_rows, m_first, n_m, _lo, _hi = _dkdv_cta_work(
+        cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, window_left, window_right, BLOCK_M, BLOCK_N,
+        LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN)
+    q_batch, q_first, q_len, q_flat = q_rows
+    k_batch, k_first, _k_len, _k_flat = k_rows
     mbarrier.expect(kv_ready, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + n_start, kv_head, 0], kv_ready, k_smem)
     tma.async_copy_global_to_shared(v_desc, [k_batch, k_first + n_start, kv_head, 0], kv_ready, v_smem)
-    m_first, n_m, _lo, _hi = query_tiles(n_start, q_len, k_len, window_left, window_right, BLOCK_M, BLOCK_N,
-                                         LEFT_BOUNDED, RIGHT_BOUNDED)
-    _zero, n_m = clip_to_sequence(0, n_m, n_start, k_len, VARLEN)
     for t in range(group_size * n_m):
         head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
         stage = t % STAGES
@@ -374,14 +390,11 @@ def _dkdv_probabilities(k_smem, q_smem, do_smem, p_smem, dv_desc, dv_ptr, bars, 
     dtype: gl.constexpr = k_smem.dtype
     col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
 
-    n_start = gl.program_id(0) * BLOCK_N
-    b = gl.program_id(1) // num_kv_heads
-    kv_head = gl.program_id(1) - b * num_kv_heads
-    _q_batch, _q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
-    k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
-    m_first, n_m, unmasked_lo, unmasked_hi = query_tiles(n_start, q_len, k_len, window_left, window_right,
-                                                         BLOCK_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
-    _zero, n_m = clip_to_sequence(0, n_m, n_start, k_len, VARLEN)
+    n_start, kv_head, q_rows, k_rows, m_first, n_m, unmasked_lo, unmasked_hi = _dkdv_cta_work(
+        cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, window_left, window_right, BLOCK_M, BLOCK_N,
+        LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN)
+    _q_batch, _q_first, q_len, q_flat = q_rows
+    k_batch, k_first, k_len, _k_flat = k_rows
     n_tiles = group_size * n_m
     dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
     mbarrier.wait(kv_ready, 0)
@@ -439,14 +452,11 @@ def _dkdv_score_grads(v_smem, q_smem, do_smem, p_smem, dk_desc, dk_ptr, bars, de
     dtype: gl.constexpr = v_smem.dtype
     col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
 
-    n_start = gl.program_id(0) * BLOCK_N
-    b = gl.program_id(1) // num_kv_heads
-    kv_head = gl.program_id(1) - b * num_kv_heads
-    _q_batch, _q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
-    k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
-    m_first, n_m, _lo, _hi = query_tiles(n_start, q_len, k_len, window_left, window_right, BLOCK_M, BLOCK_N,
-                                         LEFT_BOUNDED, RIGHT_BOUNDED)
-    _zero, n_m = clip_to_sequence(0, n_m, n_start, k_len, VARLEN)
+    n_start, kv_head, q_rows, k_rows, m_first, n_m, _lo, _hi = _dkdv_cta_work(
+        cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, window_left, window_right, BLOCK_M, BLOCK_N,
+        LEFT_BOUNDED, RIGHT_BOUNDED, VARLEN)
+    _q_batch, _q_first, q_len, q_flat = q_rows
+    k_batch, k_first, k_len, _k_flat = k_rows
     n_tiles = group_size * n_m
     dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
     mbarrier.wait(kv_ready, 0)
