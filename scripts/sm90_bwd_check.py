@@ -153,27 +153,55 @@ def correctness():
     print("\n".join(summary))
 
 
+def _tiles(seqlen, causal, block_q, block_k):
+    """(query block, key block) pairs a kernel with these blocks computes per head, diagonal blocks whole."""
+    n_q = -(-seqlen // block_q)
+    if not causal:
+        return n_q * -(-seqlen // block_k)
+    return sum(-(-min(seqlen, (m + 1) * block_q) // block_k) for m in range(n_q))
+
+
 def profile(head_dim=256):
     """CUDA time of each kernel of the default backward (delta, dK/dV, dQ) from torch.profiler; bench shapes
-    (32k tokens, 2048 // head_dim heads)."""
+    (32k tokens, 2048 // head_dim heads). Each shape is warmed up for 1 s first (the board's power-capped clock
+    settles within ~0.25 s, NOTES.md), causal and not back to back per seqlen; the last column divides each
+    kernel's time by its (query block, key block) pairs: SM-microseconds per pair, comparable across shapes."""
+    import time
+
     import flash256
+    from flash256.kernels.sm90_bwd import DKDV_CONFIGS, DQ_CONFIGS
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
-    for causal in (False, True):
-        for seqlen in (1024, 4096, 16384):
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    kv_cfg, dq_cfg = DKDV_CONFIGS[head_dim], DQ_CONFIGS[head_dim]
+    for seqlen in (1024, 4096, 16384):
+        for causal in (False, True):
             torch.manual_seed(0)
+            heads = (32768 // seqlen) * (2048 // head_dim)
             q, k, v = (torch.randn(32768 // seqlen, seqlen, 2048 // head_dim, head_dim, device="cuda",
                                    dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
             out = flash256.flash_attn_func(q, k, v, causal=causal)
             dout = torch.randn_like(out)
-            torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)  # compile and warm up
-            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
-                    torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+            call = lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)  # noqa: E731
+            call()
+            torch.cuda.synchronize()
+            t_end = time.perf_counter() + 1.0
+            while time.perf_counter() < t_end:
+                call()
                 torch.cuda.synchronize()
-            print(f"## backward kernels, d={head_dim} seqlen={seqlen} causal={causal}: CUDA ms per call")
-            for event in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:6]:
-                print(f"  {event.device_time_total / 5e3:8.3f}  {event.key[:90]}")
+            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(10):
+                    call()
+                torch.cuda.synchronize()
+            pairs = {"dkdv": heads * _tiles(seqlen, causal, kv_cfg.block_m, kv_cfg.block_n),
+                     "dq": heads * _tiles(seqlen, causal, dq_cfg.block_m, dq_cfg.block_n)}
+            print(f"## backward kernels, d={head_dim} seqlen={seqlen} causal={causal}: CUDA ms per call"
+                  f" (SM-us per block pair)")
+            for event in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:4]:
+                ms = event.device_time_total / 10e3
+                kind = "dkdv" if "dkdv" in event.key else "dq" if "_dq_" in event.key else None
+                per_pair = f"  ({ms * 1e3 * sms / pairs[kind]:.3f})" if kind else ""
+                print(f"  {ms:8.3f}{per_pair}  {event.key[:80]}")
 
 
 if __name__ == "__main__":
