@@ -3,6 +3,8 @@
     python scripts/bwd_probe.py [--dims 128,64] [variant ...]  variant: base | name=path/to/sm90_bwd_variant.py
                                                                 | name=path/to/change.patch (applied to sm90_bwd.py)
     python scripts/bwd_probe.py --kernels [variant]  kernel timeline of 24 calls timed as the bench times them
+    python scripts/bwd_probe.py --profile [variant ...]  per-kernel time and SM-us per block pair at d=256, per variant
+                                                        (sm90_bwd_check.py's profile with the variant dispatched)
     --deterministic (first, or after --dims): check and time the deterministic=True backward instead
 
 Each variant replaces the dispatcher's sm90 backward, is checked against the fp32 reference (d 256/128/64,
@@ -156,6 +158,12 @@ def main(variants, rounds=2):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--kernels"]:
         kernels((sys.argv[2:] or ["base"])[0])
+    elif sys.argv[1:2] == ["--profile"]:
+        from sm90_bwd_check import profile  # noqa: E402  (beside this file)
+        for variant in sys.argv[2:] or ["base"]:
+            use(module_for(variant))
+            print(f"# {variant}", flush=True)
+            profile(256)
     else:
         argv = sys.argv[1:]
         if argv[:1] == ["--dims"]:  # time only these head dims
