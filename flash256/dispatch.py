@@ -59,8 +59,9 @@ def _sm90_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
 
 def _sm90_bwd_supports(q: torch.Tensor, args: AttentionArgs) -> bool:
     """The Gluon backward: plain, causal, sliding-window, soft-capped attention, learnable sinks and
-    packed (varlen) batches at head_dim 64/128/256 on sm_90, any seqlens. It is atomic-free, so
-    deterministic=True costs nothing there."""
+    packed (varlen) batches at head_dim 64/128/256 on sm_90, any seqlens. d=256 is deterministic as it is; at
+    d <= 128 the default adds dQ with fp32 reductions in varying order, and deterministic=True runs a
+    two-kernel form instead (sm90_bwd.fuses_dq)."""
     return not interpreting() and sm90_bwd.sm90_bwd_supports(q, args)
 
 
