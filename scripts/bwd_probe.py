@@ -6,12 +6,15 @@
     python scripts/bwd_probe.py --profile [variant ...]  per-kernel time and SM-us per block pair at d=256, per variant
                                                         (sm90_bwd_check.py's profile with the variant dispatched)
     --deterministic (first, or after --dims): check and time the deterministic=True backward instead
+    --check variant  the correctness check alone (what each variant first runs in a child process, see below)
 
-Each variant replaces the dispatcher's sm90 backward, is checked against the fp32 reference (d 256/128/64,
-causal and not, GQA 2:1, ragged seqlens), then timed with the bench's Timer (L2 flushed before every call,
-CUDA events around torch.autograd.grad) on the bench's shapes: bf16, 32k tokens, 2048 // d heads. Per shape, all
-variants run on the same tensors, every variant then cuDNN, twice, so that clock drift and memory placement
-hit them alike.
+Each variant replaces the dispatcher's sm90 backward and is checked against the fp32 reference (d 256/128/64,
+causal and not, GQA 2:1, ragged seqlens) in a child process of its own, so that a kernel that hangs (a wrong
+barrier count) costs CHECK_TIMEOUT_S and its own place in the table, not the run. Then every variant that
+finished its check (right or wrong: a timing probe is wrong on purpose) is timed with the bench's Timer (L2 flushed
+before every call, CUDA events around torch.autograd.grad) on the bench's shapes: bf16, 32k tokens, 2048 // d
+heads. Per shape, all variants run on the same tensors, every variant then cuDNN, twice, so that clock drift and
+memory placement hit them alike.
 """
 import pathlib
 import subprocess
@@ -30,6 +33,7 @@ from variants import probe_module, tflops  # noqa: E402  (scripts/variants.py, b
 
 SOURCE = (ROOT / "flash256/kernels/sm90_bwd.py").read_text()
 DETERMINISTIC = False
+CHECK_TIMEOUT_S = 240  # compiling every kernel the check needs takes ~30-60 s on the device
 CASES = ([(256, c, s) for s in (1024, 4096, 16384) for c in (False, True)]
          + [(d, c, s) for d in (128, 64) for s in (2048, 8192) for c in (False, True)])
 
@@ -125,14 +129,23 @@ def kernels(variant):
                 print(f"  call {c:2d} {start:9.1f} +{length:9.1f}  {e.name[:60]}")
 
 
+def isolated_check(variant):
+    """Run `check` for one variant in a child process; False if it hung (timed out) or crashed. A variant that
+    completes with wrong gradients is still timed: a timing probe is wrong on purpose."""
+    command = [sys.executable, __file__, *(["--deterministic"] if DETERMINISTIC else []), "--check", variant]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        print(f"{variant}: HANG (no result in {CHECK_TIMEOUT_S} s), not timed", flush=True)
+        return False
+    print(done.stdout.strip() or f"{variant}: crashed, not timed\n{done.stderr[-2000:]}", flush=True)
+    return done.returncode == 0
+
+
 def main(variants, rounds=2):
     print(torch.cuda.get_device_name(), flush=True)
-    modules = {}
-    for variant in variants:
-        modules[variant] = module_for(variant)
-        use(modules[variant])
-        ok, msg = check()
-        print(f"{variant}: {'ok' if ok else 'FAIL'} {msg}", flush=True)
+    variants = [variant for variant in variants if isolated_check(variant)]
+    modules = {variant: module_for(variant) for variant in variants}
     timer = Timer("cuda")
     table = {}
     for d, causal, seqlen in CASES:
@@ -158,6 +171,11 @@ def main(variants, rounds=2):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--kernels"]:
         kernels((sys.argv[2:] or ["base"])[0])
+    elif "--check" in sys.argv[1:3]:
+        DETERMINISTIC = sys.argv[1] == "--deterministic"
+        use(module_for(sys.argv[-1]))
+        ok, msg = check()
+        print(f"{sys.argv[-1]}: {'ok' if ok else 'FAIL'} {msg}", flush=True)
     elif sys.argv[1:2] == ["--profile"]:
         from sm90_bwd_check import profile  # noqa: E402  (beside this file)
         for variant in sys.argv[2:] or ["base"]:

@@ -39,3 +39,27 @@ def test_bwd_probe_applies_backward_patches(tmp_path):
         patched = probe.patched_source(patch)
         assert patched != probe.SOURCE and "def sm90_backward(" in patched, patch
         compile(patched, str(patch), "exec")
+
+
+def test_bwd_probe_times_only_variants_whose_check_finished(monkeypatch, capsys):
+    """Each variant's correctness check runs in a child process with a time limit: one that hangs or crashes is
+    left out of the timing (and said so); one that finishes with wrong gradients is still timed (a probe)."""
+    import subprocess
+    probe = _script("bwd_probe")
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        name = command[-1]
+        if name == "hangs":
+            raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+        if name == "crashes":
+            return subprocess.CompletedProcess(command, 1, "", "Traceback ...\nRuntimeError: boom")
+        return subprocess.CompletedProcess(command, 0, f"{name}: FAIL dq max err 0.3", "")
+
+    monkeypatch.setattr(probe.subprocess, "run", fake_run)
+    kept = [v for v in ("wrong=probe.patch", "hangs", "crashes") if probe.isolated_check(v)]
+    assert kept == ["wrong=probe.patch"]
+    assert [c[-2:] for c in commands] == [["--check", v] for v in ("wrong=probe.patch", "hangs", "crashes")]
+    out = capsys.readouterr().out
+    assert "hangs: HANG" in out and "crashes: crashed" in out and "RuntimeError: boom" in out
