@@ -38,13 +38,24 @@ CASES = ([(256, c, s) for s in (1024, 4096, 16384) for c in (False, True)]
          + [(d, c, s) for d in (128, 64) for s in (2048, 8192) for c in (False, True)])
 
 
+def patch_chain(patch):
+    """The patch and the ones it is written on top of: a first line `on top of: NAME` names the patch (beside it)
+    that must be applied before it, so a variant of a variant is stored as its difference."""
+    chain = [pathlib.Path(patch).resolve()]
+    while (first := chain[0].read_text().split("\n", 1)[0]).startswith("on top of: "):
+        chain.insert(0, chain[0].parent / first.removeprefix("on top of: ").strip())
+    return chain
+
+
 def patched_source(patch):
-    """sm90_bwd.py with a unified diff (paths a/flash256/kernels/sm90_bwd.py, as scripts/patches/ has) applied."""
+    """sm90_bwd.py with a unified diff (paths a/flash256/kernels/sm90_bwd.py, as scripts/patches/ has) applied,
+    after the ones it is written on top of (`patch_chain`)."""
     with tempfile.TemporaryDirectory() as tmp:
         target = pathlib.Path(tmp, "flash256/kernels/sm90_bwd.py")
         target.parent.mkdir(parents=True)
         target.write_text(SOURCE)
-        subprocess.run(["git", "apply", str(pathlib.Path(patch).resolve())], cwd=tmp, check=True)
+        for step in patch_chain(patch):
+            subprocess.run(["git", "apply", str(step)], cwd=tmp, check=True)
         return target.read_text()
 
 

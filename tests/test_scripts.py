@@ -25,8 +25,9 @@ def test_fwd_probe_patches_apply_to_the_shipped_forward():
 
 
 def test_bwd_probe_applies_backward_patches(tmp_path):
-    """bwd_probe takes a variant as a unified diff against sm90_bwd.py (scripts/patches/ keeps the ones still
-    to be measured; NOTES.md has what each measured): a diff made here, and every stored one, applies."""
+    """bwd_probe takes a variant as a unified diff against sm90_bwd.py, or against another such diff named on its
+    first line (scripts/patches/ keeps the ones still to be measured; NOTES.md has what each measured): diffs made
+    here, and every stored one, apply."""
     import difflib
     probe = _script("bwd_probe")
     old = probe.SOURCE.splitlines(keepends=True)
@@ -35,6 +36,13 @@ def test_bwd_probe_applies_backward_patches(tmp_path):
     diff.write_text("".join(difflib.unified_diff(old, new, "a/flash256/kernels/sm90_bwd.py",
                                                  "b/flash256/kernels/sm90_bwd.py")))
     assert probe.patched_source(diff) == "".join(new) != probe.SOURCE
+    # a variant of that variant, stored as its difference on top of it
+    newer = [line.replace("num_warps=8", "num_warps=16") for line in new]
+    delta = tmp_path / "variant_wider.patch"
+    delta.write_text("on top of: variant.patch\n" + "".join(difflib.unified_diff(
+        new, newer, "a/flash256/kernels/sm90_bwd.py", "b/flash256/kernels/sm90_bwd.py")))
+    assert probe.patch_chain(delta) == [diff.resolve(), delta.resolve()]
+    assert probe.patched_source(delta) == "".join(newer)
     for patch in sorted((SCRIPTS / "patches").glob("sm90_bwd_*.patch")):
         patched = probe.patched_source(patch)
         assert patched != probe.SOURCE and "def sm90_backward(" in patched, patch
