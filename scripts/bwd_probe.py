@@ -9,8 +9,8 @@
     --check variant  the correctness check alone (what each variant first runs in a child process, see below)
 
 Each variant replaces the dispatcher's sm90 backward and is checked against the fp32 reference (d 256/128/64,
-causal and not, GQA 2:1, ragged seqlens) in a child process of its own, so that a kernel that hangs (a wrong
-barrier count) costs CHECK_TIMEOUT_S and its own place in the table, not the run. Then every variant that
+causal and not, GQA 2:1, ragged seqlens) in a child process of its own, all at once, so that a kernel that hangs
+(a wrong barrier count) costs CHECK_TIMEOUT_S and its own place in the table, not the run. Then every variant that
 finished its check (right or wrong: a timing probe is wrong on purpose) is timed with the bench's Timer (L2 flushed
 before every call, CUDA events around torch.autograd.grad) on the bench's shapes: bf16, 32k tokens, 2048 // d
 heads. Per shape, all variants run on the same tensors, every variant then cuDNN, twice, so that clock drift and
@@ -20,6 +20,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -110,7 +111,6 @@ def backward_call(d, causal, seqlen, cudnn):
 def kernels(variant):
     """The bench's timed loop under torch.profiler: each call's kernels (start, length, ms from its start event's
     flush) and the host time per call, against the event-timed median."""
-    import time
     from torch.profiler import ProfilerActivity, profile
     use(module_for(variant))
     timer = Timer("cuda")
@@ -140,22 +140,33 @@ def kernels(variant):
                 print(f"  call {c:2d} {start:9.1f} +{length:9.1f}  {e.name[:60]}")
 
 
-def isolated_check(variant):
-    """Run `check` for one variant in a child process; False if it hung (timed out) or crashed. A variant that
-    completes with wrong gradients is still timed: a timing probe is wrong on purpose."""
-    command = [sys.executable, __file__, *(["--deterministic"] if DETERMINISTIC else []), "--check", variant]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        print(f"{variant}: HANG (no result in {CHECK_TIMEOUT_S} s), not timed", flush=True)
-        return False
-    print(done.stdout.strip() or f"{variant}: crashed, not timed\n{done.stderr[-2000:]}", flush=True)
-    return done.returncode == 0
+def isolated_checks(variants):
+    """Run `check` for every variant at once, each in a child process (their compiles then share the device's
+    cores); keep the variants whose check finished within CHECK_TIMEOUT_S, right or wrong (a timing probe is wrong
+    on purpose), and report the ones that hung or crashed."""
+    flags = ["--deterministic"] if DETERMINISTIC else []
+    children = {variant: subprocess.Popen([sys.executable, __file__, *flags, "--check", variant], text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                for variant in variants}
+    deadline = time.monotonic() + CHECK_TIMEOUT_S
+    kept = []
+    for variant, child in children.items():
+        try:
+            out, err = child.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            print(f"{variant}: HANG (no result in {CHECK_TIMEOUT_S} s), not timed", flush=True)
+            continue
+        print(out.strip() or f"{variant}: crashed, not timed\n{err[-2000:]}", flush=True)
+        if child.returncode == 0:
+            kept.append(variant)
+    return kept
 
 
 def main(variants, rounds=2):
     print(torch.cuda.get_device_name(), flush=True)
-    variants = [variant for variant in variants if isolated_check(variant)]
+    variants = isolated_checks(variants)
     modules = {variant: module_for(variant) for variant in variants}
     timer = Timer("cuda")
     table = {}

@@ -50,24 +50,33 @@ def test_bwd_probe_applies_backward_patches(tmp_path):
 
 
 def test_bwd_probe_times_only_variants_whose_check_finished(monkeypatch, capsys):
-    """Each variant's correctness check runs in a child process with a time limit: one that hangs or crashes is
-    left out of the timing (and said so); one that finishes with wrong gradients is still timed (a probe)."""
+    """Each variant's correctness check runs in a child process, all at once, within a time limit: one that hangs
+    is killed, and it and one that crashes are left out of the timing (and said so); one that finishes with wrong
+    gradients is still timed (a probe)."""
     import subprocess
     probe = _script("bwd_probe")
-    commands = []
+    started, killed = [], []
 
-    def fake_run(command, **kwargs):
-        commands.append(command)
-        name = command[-1]
-        if name == "hangs":
-            raise subprocess.TimeoutExpired(command, kwargs["timeout"])
-        if name == "crashes":
-            return subprocess.CompletedProcess(command, 1, "", "Traceback ...\nRuntimeError: boom")
-        return subprocess.CompletedProcess(command, 0, f"{name}: FAIL dq max err 0.3", "")
+    class FakeChild:
+        def __init__(self, command, **kwargs):
+            started.append(command)
+            self.name = command[-1]
+            self.returncode = 1 if self.name == "crashes" else 0
 
-    monkeypatch.setattr(probe.subprocess, "run", fake_run)
-    kept = [v for v in ("wrong=probe.patch", "hangs", "crashes") if probe.isolated_check(v)]
-    assert kept == ["wrong=probe.patch"]
-    assert [c[-2:] for c in commands] == [["--check", v] for v in ("wrong=probe.patch", "hangs", "crashes")]
+        def communicate(self, timeout=None):
+            if self.name == "hangs" and timeout is not None:
+                raise subprocess.TimeoutExpired(self.name, timeout)
+            if self.name == "crashes":
+                return "", "Traceback ...\nRuntimeError: boom"
+            return f"{self.name}: FAIL dq max err 0.3", ""
+
+        def kill(self):
+            killed.append(self.name)
+
+    monkeypatch.setattr(probe.subprocess, "Popen", FakeChild)
+    assert probe.isolated_checks(["wrong=probe.patch", "hangs", "crashes"]) == ["wrong=probe.patch"]
+    assert [c[-2:] for c in started] == [["--check", v] for v in ("wrong=probe.patch", "hangs", "crashes")]
+    assert killed == ["hangs"]
     out = capsys.readouterr().out
-    assert "hangs: HANG" in out and "crashes: crashed" in out and "RuntimeError: boom" in out
+    assert "wrong=probe.patch: FAIL" in out and "hangs: HANG" in out and "crashes: crashed" in out
+    assert "RuntimeError: boom" in out
