@@ -7,8 +7,11 @@ from dataclasses import replace as dataclasses_replace
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import flash256
+from flash256.kernels.scores import round_to
 from flash256.testing import check_against_reference, reference_results
 from conftest import DEVICE, HAS_CUDA
 
@@ -82,11 +85,34 @@ def test_interpreter_fp16(head_dim, causal, heads, seqlens):
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="the GPU matrix below covers this")
-@pytest.mark.parametrize("head_dim,causal", [(96, True), (192, False), (256, True)])
-def test_interpreter_bf16(head_dim, causal):
+@pytest.mark.parametrize("head_dim,causal,seqlens,heads", [(96, True, (113, 203), (4, 2)),
+                                                           (192, False, (113, 203), (4, 2)),
+                                                           (256, True, (113, 203), (4, 2)),
+                                                           (128, False, (64, 1), (4, 4))])
+def test_interpreter_bf16(head_dim, causal, seqlens, heads):
+    """(64, 1) without GQA: every P is exactly 1, so both references' dV is the exact sum rounded once and the
+    bound is ~0: it holds only if the kernels round fp32 -> bf16 to nearest even, as the GPU does
+    (scores.round_to)."""
     torch.manual_seed(1)
-    q, k, v = make_inputs(2, 113, 203, 4, 2, head_dim, torch.bfloat16)
+    q, k, v = make_inputs(2, *seqlens, *heads, head_dim, torch.bfloat16)
     run_and_check(q, k, v, causal=causal)
+
+
+@triton.jit
+def _round_to_bf16(x_ptr, o_ptr, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(o_ptr + offs, round_to(tl.load(x_ptr + offs), tl.bfloat16, True))
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="the interpreter's own casts; the GPU rounds in hardware")
+def test_interpreter_round_to_bf16_is_round_to_nearest_even():
+    x = torch.tensor([0.9999999, 12.3102, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, -0.0933838, 3.3e38, float("inf"),
+                      -float("inf"), 1e-40, -2.5, 0.0, float("nan")] + [0.0] * 4)
+    out = torch.empty(x.shape, dtype=torch.bfloat16)
+    _round_to_bf16[(1,)](x, out, x.numel())
+    expected = x.to(torch.bfloat16)  # torch rounds to nearest even (ties: 1 + 2^-8 -> 1, 1 + 3 * 2^-8 -> 1 + 2^-6)
+    assert torch.equal(out[:11].float(), expected[:11].float()), (out, expected)
+    assert out[11].isnan()
 
 
 # --- GPU matrix ------------------------------------------------------------------------

@@ -19,8 +19,8 @@ import triton.language as tl
 
 from .. import configs
 from .masking import key_tile_range, query_tile_range, visible, visible_t
-from .portable_fwd import dots_in_fp32, score_scales, window_bounds
-from .scores import logits_base2, sequence_bounds, softcap_grad, wide
+from .portable_fwd import interpreted_bf16, score_scales, window_bounds
+from .scores import logits_base2, round_to, sequence_bounds, softcap_grad, wide
 from .tma import row_descriptor
 
 LOG2E = 1.4426950408889634
@@ -44,11 +44,11 @@ def attention_bwd_preprocess_kernel(o_ptr, do_ptr, delta_ptr, total_rows, nheads
 
 @triton.jit
 def _store_rows(ptr, tile, row0, rows, length, head, nheads,
-                BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr):
+                BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, INTERPRETED_BF16: tl.constexpr):
     """Store a (rows, BLOCK_D) tile into a contiguous (rows, nheads, HEAD_DIM) tensor."""
     dims = tl.arange(0, BLOCK_D)
     offs = (row0 + rows).to(tl.int64)[:, None] * (nheads * HEAD_DIM) + head * HEAD_DIM + dims[None, :]
-    tl.store(ptr + offs, tile.to(ptr.dtype.element_ty),
+    tl.store(ptr + offs, round_to(tile, ptr.dtype.element_ty, INTERPRETED_BF16),
              mask=(rows < length)[:, None] & (dims < HEAD_DIM)[None, :])
 
 
@@ -56,7 +56,7 @@ def _store_rows(ptr, tile, row0, rows, length, head, nheads,
 def _dkdv_tiles(dk, dv, k, v, q_rows, do_rows, lse_ptr, delta_ptr, q_start, head, total_q,
                 start, end, cols, diag, left, right, seqlen_q, seqlen_k, qk_scale, softcap_scale,
                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, SOFTCAP: tl.constexpr,
-                DOT_FP32: tl.constexpr):
+                INTERPRETED_BF16: tl.constexpr):
     """Accumulate dK, dV (fp32, transposed formulation) over query tiles [start, end).
 
     Every tile is masked: separate interior/edge loops (as in the forward), or a run-time
@@ -70,7 +70,7 @@ def _dkdv_tiles(dk, dv, k, v, q_rows, do_rows, lse_ptr, delta_ptr, q_start, head
         # Rows past the sequence get lse = +inf, so their P is 0 even before masking.
         lse = tl.load(lse_ptr + row_base + rows, mask=rows < seqlen_q, other=float("inf"))
         delta = tl.load(delta_ptr + row_base + rows, mask=rows < seqlen_q, other=0.0)
-        if DOT_FP32:
+        if INTERPRETED_BF16:
             q = q.to(tl.float32)
             do = do.to(tl.float32)
         # Transposed tiles (keys on rows): P^T and dS^T come out of their GEMMs already in
@@ -79,14 +79,14 @@ def _dkdv_tiles(dk, dv, k, v, q_rows, do_rows, lse_ptr, delta_ptr, q_start, head
         p_t = tl.math.exp2(logits_base2(qk_t, qk_scale, softcap_scale, SOFTCAP)
                            - lse[None, :] * 1.4426950408889634)
         p_t = tl.where(visible_t(cols, rows, diag, left, right, seqlen_q, seqlen_k), p_t, 0.0)
-        p_low = p_t.to(q_rows.dtype)
-        if DOT_FP32:
+        p_low = round_to(p_t, q_rows.dtype, INTERPRETED_BF16)
+        if INTERPRETED_BF16:
             p_low = p_low.to(tl.float32)
         dv += tl.dot(p_low, do)
         dp_t = tl.dot(v, tl.trans(do))
         ds_t = softcap_grad(p_t * (dp_t - delta[None, :]), qk_t, softcap_scale, SOFTCAP)
-        ds_low = ds_t.to(q_rows.dtype)
-        if DOT_FP32:
+        ds_low = round_to(ds_t, q_rows.dtype, INTERPRETED_BF16)
+        if INTERPRETED_BF16:
             ds_low = ds_low.to(tl.float32)
         dk += tl.dot(ds_low, q)
     return dk, dv
@@ -98,7 +98,7 @@ def attention_bwd_dkdv_kernel(
     cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale,
     seqlen_q, seqlen_k, total_q, nheads, nheads_kv, left, right,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-    VARLEN: tl.constexpr, SOFTCAP: tl.constexpr, DOT_FP32: tl.constexpr,
+    VARLEN: tl.constexpr, SOFTCAP: tl.constexpr, INTERPRETED_BF16: tl.constexpr,
 ):
     batch = tl.program_id(1) // nheads_kv
     kv_head = tl.program_id(1) % nheads_kv
@@ -112,7 +112,7 @@ def attention_bwd_dkdv_kernel(
     cols = n0 + tl.arange(0, BLOCK_N)
     k = k_rows.load([k_start + n0, kv_head * BLOCK_D])
     v = v_rows.load([k_start + n0, kv_head * BLOCK_D])
-    if DOT_FP32:
+    if INTERPRETED_BF16:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -121,23 +121,23 @@ def attention_bwd_dkdv_kernel(
     for head in range(kv_head * group_size, (kv_head + 1) * group_size):
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_rows, do_rows, lse_ptr, delta_ptr, q_start, head,
                              total_q, lo, hi, cols, diag, left, right, seqlen_q, seqlen_k,
-                             qk_scale, softcap_scale, BLOCK_M, BLOCK_D, SOFTCAP, DOT_FP32)
+                             qk_scale, softcap_scale, BLOCK_M, BLOCK_D, SOFTCAP, INTERPRETED_BF16)
     _store_rows(dk_ptr, dk * softmax_scale, k_start + n0, tl.arange(0, BLOCK_N), seqlen_k - n0,
-                kv_head, nheads_kv, BLOCK_D, HEAD_DIM)
+                kv_head, nheads_kv, BLOCK_D, HEAD_DIM, INTERPRETED_BF16)
     _store_rows(dv_ptr, dv, k_start + n0, tl.arange(0, BLOCK_N), seqlen_k - n0,
-                kv_head, nheads_kv, BLOCK_D, HEAD_DIM)
+                kv_head, nheads_kv, BLOCK_D, HEAD_DIM, INTERPRETED_BF16)
 
 
 @triton.jit
 def _dq_tiles(dq, q, do, lse, delta, k_rows, v_rows, k_start, kv_col, start, end, rows,
               diag, left, right, seqlen_q, seqlen_k, qk_scale, softcap_scale,
               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, SOFTCAP: tl.constexpr,
-              DOT_FP32: tl.constexpr):
+              INTERPRETED_BF16: tl.constexpr):
     """Accumulate dQ (fp32, unscaled) over key tiles [start, end)."""
     for n0 in tl.range(start, end, BLOCK_N):
         k = k_rows.load([k_start + n0, kv_col])
         v = v_rows.load([k_start + n0, kv_col])
-        if DOT_FP32:
+        if INTERPRETED_BF16:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         qk = tl.dot(q, tl.trans(k))
@@ -147,8 +147,8 @@ def _dq_tiles(dq, q, do, lse, delta, k_rows, v_rows, k_start, kv_col, start, end
             p = tl.where(visible(rows, cols, diag, left, right, seqlen_q, seqlen_k), p, 0.0)
         dp = tl.dot(do, tl.trans(v))
         ds = softcap_grad(p * (dp - delta[:, None]), qk, softcap_scale, SOFTCAP)
-        ds_low = ds.to(k_rows.dtype)
-        if DOT_FP32:
+        ds_low = round_to(ds, k_rows.dtype, INTERPRETED_BF16)
+        if INTERPRETED_BF16:
             ds_low = ds_low.to(tl.float32)
         dq += tl.dot(ds_low, k)
     return dq
@@ -160,7 +160,7 @@ def attention_bwd_dq_kernel(
     softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, total_q, nheads, group_size,
     left, right,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-    REVERSE_M: tl.constexpr, VARLEN: tl.constexpr, SOFTCAP: tl.constexpr, DOT_FP32: tl.constexpr,
+    REVERSE_M: tl.constexpr, VARLEN: tl.constexpr, SOFTCAP: tl.constexpr, INTERPRETED_BF16: tl.constexpr,
 ):
     batch = tl.program_id(1) // nheads
     head = tl.program_id(1) % nheads
@@ -180,7 +180,7 @@ def attention_bwd_dq_kernel(
     delta = tl.load(delta_ptr + row_offs, mask=rows < seqlen_q, other=0.0)
     q = q_rows.load([q_start + m0, head * BLOCK_D])
     do = do_rows.load([q_start + m0, head * BLOCK_D])
-    if DOT_FP32:
+    if INTERPRETED_BF16:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -189,15 +189,15 @@ def attention_bwd_dq_kernel(
     kv_col = (head // group_size) * BLOCK_D
     dq = _dq_tiles(dq, q, do, lse, delta, k_rows, v_rows, k_start, kv_col, lo, interior_lo,
                    rows, diag, left, right, seqlen_q, seqlen_k, qk_scale, softcap_scale,
-                   BLOCK_N, True, SOFTCAP, DOT_FP32)
+                   BLOCK_N, True, SOFTCAP, INTERPRETED_BF16)
     dq = _dq_tiles(dq, q, do, lse, delta, k_rows, v_rows, k_start, kv_col, interior_lo,
                    interior_hi, rows, diag, left, right, seqlen_q, seqlen_k, qk_scale,
-                   softcap_scale, BLOCK_N, False, SOFTCAP, DOT_FP32)
+                   softcap_scale, BLOCK_N, False, SOFTCAP, INTERPRETED_BF16)
     dq = _dq_tiles(dq, q, do, lse, delta, k_rows, v_rows, k_start, kv_col, interior_hi, hi,
                    rows, diag, left, right, seqlen_q, seqlen_k, qk_scale, softcap_scale,
-                   BLOCK_N, True, SOFTCAP, DOT_FP32)
+                   BLOCK_N, True, SOFTCAP, INTERPRETED_BF16)
     _store_rows(dq_ptr, dq * softmax_scale, q_start + m0, tl.arange(0, BLOCK_M), seqlen_q - m0,
-                head, nheads, BLOCK_D, HEAD_DIM)
+                head, nheads, BLOCK_D, HEAD_DIM, INTERPRETED_BF16)
 
 
 def attention_delta(out, dout, dlse):
@@ -233,7 +233,7 @@ def portable_backward(dout, q, k, v, out, lse, dlse, args):
     left, right = window_bounds(max_q, max_k, args.causal, args.window)
     qk_scale, softcap_scale = score_scales(args.softmax_scale, args.softcap)
     common = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, VARLEN=varlen, SOFTCAP=args.softcap > 0,
-                  DOT_FP32=dots_in_fp32(q.dtype))
+                  INTERPRETED_BF16=interpreted_bf16(q.dtype))
 
     cfg = configs.BACKWARD_DKDV[block_d]
     attention_bwd_dkdv_kernel[(triton.cdiv(max_k, cfg.block_n), num_seqs * nheads_kv)](
@@ -268,7 +268,7 @@ def inspect_cases(arch: int):
     scalars = dict(cu_seqlens_q="*i32", cu_seqlens_k="*i32", softmax_scale="fp32",
                    qk_scale="fp32", softcap_scale="fp32", seqlen_q="i32", seqlen_k="i32",
                    total_q="i32", nheads="i32", left="i32", right="i32")
-    flags = dict(VARLEN=False, SOFTCAP=False, DOT_FP32=False)
+    flags = dict(VARLEN=False, SOFTCAP=False, INTERPRETED_BF16=False)
 
     def rows(cfg, block_d):
         def desc(n):

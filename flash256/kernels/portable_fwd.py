@@ -15,7 +15,7 @@ import triton.language as tl
 from .. import configs
 from ..ex2 import exp2_split
 from .masking import key_tile_range, visible
-from .scores import logits_base2, sequence_bounds, wide
+from .scores import logits_base2, round_to, sequence_bounds, wide
 from .tma import row_descriptor
 
 LOG2E = 1.4426950408889634
@@ -25,14 +25,14 @@ LOG2E = 1.4426950408889634
 def _attend_tiles(acc, row_max, row_sum, q, k_rows, v_rows, k_start, kv_col,
                   start, end, rows, diag, left, right, seqlen_q, seqlen_k, qk_scale, softcap_scale,
                   BLOCK_N: tl.constexpr, MASKED: tl.constexpr, SOFTCAP: tl.constexpr,
-                  POLY_EIGHTHS: tl.constexpr, DOT_FP32: tl.constexpr):
+                  POLY_EIGHTHS: tl.constexpr, INTERPRETED_BF16: tl.constexpr):
     """Online softmax over key tiles [start, end): returns updated (acc, row_max, row_sum).
 
     POLY_EIGHTHS of each tile's columns take exp2 as an FMA polynomial (flash256.ex2)."""
     for n0 in tl.range(start, end, BLOCK_N):
         k = k_rows.load([k_start + n0, kv_col])
         v = v_rows.load([k_start + n0, kv_col])
-        if DOT_FP32:
+        if INTERPRETED_BF16:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         s = logits_base2(tl.dot(q, tl.trans(k)), qk_scale, softcap_scale, SOFTCAP)
@@ -48,8 +48,8 @@ def _attend_tiles(acc, row_max, row_sum, q, k_rows, v_rows, k_start, kv_col,
         p = exp2_split(s - new_max_safe[:, None], POLY_EIGHTHS)
         alpha = tl.math.exp2(row_max - new_max_safe)
         row_sum = row_sum * alpha + tl.sum(p, 1)
-        p = p.to(v_rows.dtype)  # P is rounded to the input precision, as on the tensor core
-        if DOT_FP32:
+        p = round_to(p, v_rows.dtype, INTERPRETED_BF16)  # P is rounded to the input precision, as on the tensor core
+        if INTERPRETED_BF16:
             p = p.to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p, v)
         row_max = new_max
@@ -62,7 +62,7 @@ def attention_fwd_kernel(
     qk_scale, softcap_scale, seqlen_q, seqlen_k, total_q, nheads, group_size, left, right,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     REVERSE_M: tl.constexpr, VARLEN: tl.constexpr, SOFTCAP: tl.constexpr,
-    HAS_SINK: tl.constexpr, POLY_EIGHTHS: tl.constexpr, DOT_FP32: tl.constexpr,
+    HAS_SINK: tl.constexpr, POLY_EIGHTHS: tl.constexpr, INTERPRETED_BF16: tl.constexpr,
 ):
     batch = tl.program_id(1) // nheads
     head = tl.program_id(1) % nheads
@@ -79,7 +79,7 @@ def attention_fwd_kernel(
     diag = seqlen_k - seqlen_q
 
     q = q_rows.load([q_start + m0, head * BLOCK_D])
-    if DOT_FP32:
+    if INTERPRETED_BF16:
         q = q.to(tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if HAS_SINK:
@@ -95,15 +95,15 @@ def attention_fwd_kernel(
     acc, row_max, row_sum = _attend_tiles(
         acc, row_max, row_sum, q, k_rows, v_rows, k_start, kv_col, lo, interior_lo, rows,
         diag, left, right, seqlen_q, seqlen_k, qk_scale, softcap_scale,
-        BLOCK_N, True, SOFTCAP, POLY_EIGHTHS, DOT_FP32)
+        BLOCK_N, True, SOFTCAP, POLY_EIGHTHS, INTERPRETED_BF16)
     acc, row_max, row_sum = _attend_tiles(
         acc, row_max, row_sum, q, k_rows, v_rows, k_start, kv_col, interior_lo, interior_hi, rows,
         diag, left, right, seqlen_q, seqlen_k, qk_scale, softcap_scale,
-        BLOCK_N, False, SOFTCAP, POLY_EIGHTHS, DOT_FP32)
+        BLOCK_N, False, SOFTCAP, POLY_EIGHTHS, INTERPRETED_BF16)
     acc, row_max, row_sum = _attend_tiles(
         acc, row_max, row_sum, q, k_rows, v_rows, k_start, kv_col, interior_hi, hi, rows,
         diag, left, right, seqlen_q, seqlen_k, qk_scale, softcap_scale,
-        BLOCK_N, True, SOFTCAP, POLY_EIGHTHS, DOT_FP32)
+        BLOCK_N, True, SOFTCAP, POLY_EIGHTHS, INTERPRETED_BF16)
 
     empty = row_sum == 0.0  # rows that see no key (and no sink): output 0, lse -inf
     row_sum = tl.where(empty, 1.0, row_sum)
@@ -111,7 +111,8 @@ def attention_fwd_kernel(
     in_seq = rows < seqlen_q
     dims = tl.arange(0, BLOCK_D)
     o_offs = (q_start + rows).to(tl.int64)[:, None] * (nheads * HEAD_DIM) + head * HEAD_DIM + dims[None, :]
-    tl.store(o_ptr + o_offs, out.to(o_ptr.dtype.element_ty), mask=in_seq[:, None] & (dims[None, :] < HEAD_DIM))
+    tl.store(o_ptr + o_offs, round_to(out, o_ptr.dtype.element_ty, INTERPRETED_BF16),
+             mask=in_seq[:, None] & (dims[None, :] < HEAD_DIM))
     lse = tl.where(empty, -float("inf"), (row_max + tl.math.log2(row_sum)) * 0.6931471805599453)
     tl.store(lse_ptr + wide(head) * total_q + q_start + rows, lse, mask=in_seq)
 
@@ -125,8 +126,9 @@ def window_bounds(seqlen_q: int, seqlen_k: int, causal: bool, window: tuple[int,
     return left, right
 
 
-def dots_in_fp32(dtype: torch.dtype) -> bool:
-    """Triton 3.6's interpreter multiplies bf16 bit patterns: upcast tiles there before tl.dot."""
+def interpreted_bf16(dtype: torch.dtype) -> bool:
+    """bf16 under Triton 3.6's interpreter, which multiplies bf16 bit patterns in tl.dot (the kernels upcast tiles
+    to fp32 before their dots there) and truncates fp32 -> bf16 casts (they round with `round_to`)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1" and dtype == torch.bfloat16
 
 
@@ -162,7 +164,7 @@ def portable_forward(q, k, v, args):
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
         REVERSE_M=args.causal, VARLEN=varlen, SOFTCAP=args.softcap > 0,
         HAS_SINK=args.sink is not None, POLY_EIGHTHS=args.exp2_poly_eighths,
-        DOT_FP32=dots_in_fp32(q.dtype),
+        INTERPRETED_BF16=interpreted_bf16(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse
@@ -181,7 +183,7 @@ def inspect_cases(arch: int):
             seqlen_k="i32", total_q="i32", nheads="i32", group_size="i32", left="i32", right="i32")
         constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
                           HEAD_DIM=block_d, REVERSE_M=causal, VARLEN=False, SOFTCAP=False,
-                          HAS_SINK=False, POLY_EIGHTHS=poly_eighths, DOT_FP32=False)
+                          HAS_SINK=False, POLY_EIGHTHS=poly_eighths, INTERPRETED_BF16=False)
         return compile_tl(attention_fwd_kernel, signature, constexprs, arch=arch,
                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 

@@ -21,6 +21,20 @@ def sequence_bounds(batch, cu_seqlens, seqlen, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def round_to(x, dtype: tl.constexpr, INTERPRETED_BF16: tl.constexpr):
+    """x.to(dtype), rounded to nearest even as the GPU's cvt.rn does. INTERPRETED_BF16 (dtype is bf16): Triton 3.6's
+    interpreter truncates fp32 -> bf16 casts (0.9999999 -> 0.99609375, up to a whole ulp off) and flushes subnormals,
+    so the bf16 bits are made here from the fp32 ones: CPU tests then see the GPU's bf16 numerics."""
+    if INTERPRETED_BF16:
+        tl.static_assert(dtype == tl.bfloat16)
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(dtype)
+
+
+@triton.jit
 def tanh(x):
     # exp2-based: runs in Triton's interpreter (libdevice does not) and saturates to +-1.
     return 1.0 - 2.0 / (tl.math.exp2(x * 2.8853900817779268) + 1.0)
