@@ -1,4 +1,6 @@
 """Model features against the reference: softcap, learnable sinks, varlen, and combinations."""
+import random
+
 import pytest
 import torch
 
@@ -58,6 +60,30 @@ def test_sink_rows_without_keys():
 
 def test_combined_window_softcap_sink_gqa_causal():
     _sink_case(True, seqlens=(150, 170), window=(32, 0), softcap=30.0, head_dim=128)
+
+
+def _random_case(seed):
+    """One random combination of the options on a small shape: odd head dims and seqlens, one side of a window or
+    both, GQA, bf16 or fp16. Such a sweep caught the interpreter's truncating bf16 casts (NOTES.md)."""
+    rnd = random.Random(seed)
+    nheads_kv = rnd.choice([1, 2])
+    causal = rnd.random() < 0.5
+    window = (rnd.choice([-1, 0, 5, 40]), 0 if causal else rnd.choice([-1, 0, 3, 50])) if rnd.random() < 0.4 \
+        else (-1, -1)
+    return dict(batch=rnd.choice([1, 2]), seqlens=(rnd.choice([1, 2, 17, 63, 65, 100, 129]),
+                                                   rnd.choice([1, 3, 17, 64, 65, 100, 130])),
+                heads=(nheads_kv * rnd.choice([1, 2, 3]), nheads_kv),
+                head_dim=rnd.choice([8, 24, 40, 64, 72, 96, 128, 136, 200, 256]),
+                dtype=rnd.choice([torch.bfloat16, torch.float16]),
+                options=dict(causal=causal, window_size=window, softcap=rnd.choice([0.0, 0.0, 5.0])))
+
+
+@pytest.mark.parametrize("seed", range(3000, 3024))
+def test_random_combinations(seed):
+    case = _random_case(seed)
+    torch.manual_seed(seed)
+    q, k, v = make_inputs(case["batch"], *case["seqlens"], *case["heads"], case["head_dim"], case["dtype"])
+    run_and_check(q, k, v, **case["options"])
 
 
 def _varlen_case(seqlens_q, seqlens_k, causal=False, window=(-1, -1), softcap=0.0, sink=False,
