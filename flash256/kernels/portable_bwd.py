@@ -20,7 +20,7 @@ import triton.language as tl
 from .. import configs
 from .masking import key_tile_range, query_tile_range, visible, visible_t
 from .portable_fwd import interpreted_bf16, score_scales, window_bounds
-from .scores import logits_base2, round_to, sequence_bounds, softcap_grad, wide
+from .scores import dot_operand, logits_base2, round_to, sequence_bounds, softcap_grad, wide
 from .tma import row_descriptor
 
 LOG2E = 1.4426950408889634
@@ -79,16 +79,10 @@ def _dkdv_tiles(dk, dv, k, v, q_rows, do_rows, lse_ptr, delta_ptr, q_start, head
         p_t = tl.math.exp2(logits_base2(qk_t, qk_scale, softcap_scale, SOFTCAP)
                            - lse[None, :] * 1.4426950408889634)
         p_t = tl.where(visible_t(cols, rows, diag, left, right, seqlen_q, seqlen_k), p_t, 0.0)
-        p_low = round_to(p_t, q_rows.dtype, INTERPRETED_BF16)
-        if INTERPRETED_BF16:
-            p_low = p_low.to(tl.float32)
-        dv += tl.dot(p_low, do)
+        dv += tl.dot(dot_operand(p_t, q_rows.dtype, INTERPRETED_BF16), do)
         dp_t = tl.dot(v, tl.trans(do))
         ds_t = softcap_grad(p_t * (dp_t - delta[None, :]), qk_t, softcap_scale, SOFTCAP)
-        ds_low = round_to(ds_t, q_rows.dtype, INTERPRETED_BF16)
-        if INTERPRETED_BF16:
-            ds_low = ds_low.to(tl.float32)
-        dk += tl.dot(ds_low, q)
+        dk += tl.dot(dot_operand(ds_t, q_rows.dtype, INTERPRETED_BF16), q)
     return dk, dv
 
 
@@ -147,10 +141,7 @@ def _dq_tiles(dq, q, do, lse, delta, k_rows, v_rows, k_start, kv_col, start, end
             p = tl.where(visible(rows, cols, diag, left, right, seqlen_q, seqlen_k), p, 0.0)
         dp = tl.dot(do, tl.trans(v))
         ds = softcap_grad(p * (dp - delta[:, None]), qk, softcap_scale, SOFTCAP)
-        ds_low = round_to(ds, k_rows.dtype, INTERPRETED_BF16)
-        if INTERPRETED_BF16:
-            ds_low = ds_low.to(tl.float32)
-        dq += tl.dot(ds_low, k)
+        dq += tl.dot(dot_operand(ds, k_rows.dtype, INTERPRETED_BF16), k)
     return dq
 
 

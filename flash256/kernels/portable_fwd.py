@@ -15,7 +15,7 @@ import triton.language as tl
 from .. import configs
 from ..ex2 import exp2_split
 from .masking import key_tile_range, visible
-from .scores import logits_base2, round_to, sequence_bounds, wide
+from .scores import dot_operand, logits_base2, round_to, sequence_bounds, wide
 from .tma import row_descriptor
 
 LOG2E = 1.4426950408889634
@@ -48,9 +48,7 @@ def _attend_tiles(acc, row_max, row_sum, q, k_rows, v_rows, k_start, kv_col,
         p = exp2_split(s - new_max_safe[:, None], POLY_EIGHTHS)
         alpha = tl.math.exp2(row_max - new_max_safe)
         row_sum = row_sum * alpha + tl.sum(p, 1)
-        p = round_to(p, v_rows.dtype, INTERPRETED_BF16)  # P is rounded to the input precision, as on the tensor core
-        if INTERPRETED_BF16:
-            p = p.to(tl.float32)
+        p = dot_operand(p, v_rows.dtype, INTERPRETED_BF16)
         acc = acc * alpha[:, None] + tl.dot(p, v)
         row_max = new_max
     return acc, row_max, row_sum

@@ -35,6 +35,16 @@ def round_to(x, dtype: tl.constexpr, INTERPRETED_BF16: tl.constexpr):
 
 
 @triton.jit
+def dot_operand(x, dtype: tl.constexpr, INTERPRETED_BF16: tl.constexpr):
+    """An fp32 tile (P, dS) as the next GEMM's operand: rounded to the inputs' precision, as on the tensor core; under
+    the interpreter's bf16 back in fp32, as the tiles its dots take (it multiplies bf16 bit patterns)."""
+    x = round_to(x, dtype, INTERPRETED_BF16)
+    if INTERPRETED_BF16:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def tanh(x):
     # exp2-based: runs in Triton's interpreter (libdevice does not) and saturates to +-1.
     return 1.0 - 2.0 / (tl.math.exp2(x * 2.8853900817779268) + 1.0)
