@@ -49,7 +49,7 @@ def patch_chain(patch):
 
 
 def patched_source(patch):
-    """sm90_bwd.py with a unified diff (paths a/flash256/kernels/sm90_bwd.py, as scripts/patches/ has) applied,
+    """sm90_bwd.py with a unified diff (paths a/flash256/kernels/sm90_bwd.py) applied,
     after the ones it is written on top of (`patch_chain`)."""
     with tempfile.TemporaryDirectory() as tmp:
         target = pathlib.Path(tmp, "flash256/kernels/sm90_bwd.py")
