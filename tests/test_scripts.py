@@ -26,8 +26,8 @@ def test_fwd_probe_patches_apply_to_the_shipped_forward():
 
 def test_bwd_probe_applies_backward_patches(tmp_path):
     """bwd_probe takes a variant as a unified diff against sm90_bwd.py, or against another such diff named on its
-    first line (scripts/patches/ keeps the ones still to be measured; NOTES.md has what each measured): diffs made
-    here, and every stored one, apply."""
+    first line: diffs made here apply, and so does every one stored under scripts/patches/ for a coming device call
+    (measured ones are removed; NOTES.md has what each measured)."""
     import difflib
     probe = _script("bwd_probe")
     old = probe.SOURCE.splitlines(keepends=True)
