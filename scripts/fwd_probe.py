@@ -6,9 +6,10 @@
     python scripts/fwd_probe.py --short [variant ...]  d=256 1k-8k non-causal, 1k-2k causal
     python scripts/fwd_probe.py --window [variant ...] d=256 causal sliding windows (Gemma 2/3 layers)
     python scripts/fwd_probe.py --small [variant ...]  d=128 and d=64 at 2k and 8k, causal and not
+    python scripts/fwd_probe.py --small-short [variant ...]  the same at 1k and 2k
       (--long, --ab, --short, --window, --small: variants interleaved on the same tensors, two rounds, 250 ms
        warm-up; q0 = the kernel without Q in registers, left3 = the split key loops with a window's left edge too,
-       static = the static persistent scheduler where "single" is the default)
+       static / dynamic = that persistent scheduler where "single" is the default)
 
 Times `sm90_forward` (bf16, 32k tokens, 2048 // d heads: d=256 at 4k and 16k, d=128 and d=64 at 8k; causal
 and not) for variants of the kernel built from its source with one change each, in one process:
@@ -48,6 +49,8 @@ PATCHES = {
             "CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, k_stages=2, v_stages=2)")],
     # the static persistent scheduler where "single" is the default
     "static": [('kv_bytes > L2_SECTION_BYTES else "single"', 'kv_bytes > L2_SECTION_BYTES else "static"')],
+    # the dynamic persistent scheduler (atomic tile counter) where "single" is the default
+    "dynamic": [('kv_bytes > L2_SECTION_BYTES else "single"', 'kv_bytes > L2_SECTION_BYTES else "dynamic"')],
     # the split key loops with a left window edge too: masked edge blocks, unmasked, masked (spills 24-32 B
     # outside the loops, causal; NOTES.md)
     "left3": [("if HEAD_DIM != 256 or LEFT_BOUNDED or (VARLEN and RIGHT_BOUNDED) or POLY_EIGHTHS > 0:",
@@ -175,10 +178,10 @@ def window_cases():
                dict(causal=True, window=(window, 0), softcap=softcap), 4 * (32768 // seqlen) * 8 * 256 * pairs)
 
 
-def small_dim_cases():
+def small_dim_cases(seqlens=(2048, 8192)):
     """d=128 (16 heads) and d=64 (32 heads) at 2k and 8k (32k tokens), causal and not."""
     for d in (128, 64):
-        for seqlen in (2048, 8192):
+        for seqlen in seqlens:
             for causal in (False, True):
                 q, k, v = (torch.randn(32768 // seqlen, seqlen, 2048 // d, d, device="cuda", dtype=torch.bfloat16)
                            for _ in range(3))
@@ -225,5 +228,7 @@ if __name__ == "__main__":
         interleaved(sys.argv[2:] or ["base"], window_cases())
     elif sys.argv[1:2] == ["--small"]:
         interleaved(sys.argv[2:] or ["base"], small_dim_cases(), dims=(128, 64))
+    elif sys.argv[1:2] == ["--small-short"]:
+        interleaved(sys.argv[2:] or ["base"], small_dim_cases((1024, 2048)), dims=(128, 64))
     else:
         main(sys.argv[1:] or ["base", "hot", "noload"])
