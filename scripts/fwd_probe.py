@@ -7,7 +7,7 @@
     python scripts/fwd_probe.py --window [variant ...] d=256 causal sliding windows (Gemma 2/3 layers)
     python scripts/fwd_probe.py --small [variant ...]  d=128 and d=64 at 2k and 8k, causal and not
     python scripts/fwd_probe.py --small-short [variant ...]  the same at 1k and 2k
-      (--long, --ab, --short, --window, --small: variants interleaved on the same tensors, two rounds, 250 ms
+      (every mode but the first: variants interleaved on the same tensors, two rounds, 250 ms
        warm-up; q0 = the kernel without Q in registers, left3 = the split key loops with a window's left edge too,
        static / dynamic = that persistent scheduler where "single" is the default)
 
@@ -179,7 +179,7 @@ def window_cases():
 
 
 def small_dim_cases(seqlens=(2048, 8192)):
-    """d=128 (16 heads) and d=64 (32 heads) at 2k and 8k (32k tokens), causal and not."""
+    """d=128 (16 heads) and d=64 (32 heads) at `seqlens` (2k and 8k unless given; 32k tokens), causal and not."""
     for d in (128, 64):
         for seqlen in seqlens:
             for causal in (False, True):
