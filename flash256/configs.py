@@ -22,18 +22,20 @@ def padded_head_dim(head_dim: int) -> int:
 
 
 class WarpSpecializedResources:
-    """Accounting shared by the Gluon kernels' frozen configurations: 12 warps per CTA (two consumer
-    warpgroups and the producer's warpgroup), registers moved with setmaxnreg per warpgroup. A subclass has
-    consumer_regs, producer_regs, smem_total and describe()."""
+    """Accounting shared by the Gluon kernels' frozen configurations: consumer warpgroups (two unless a
+    configuration says otherwise) and the producer's warpgroup, registers moved with setmaxnreg per warpgroup.
+    A subclass has consumer_regs, producer_regs, smem_total and describe()."""
+    consumer_warpgroups = 2
 
     @property
     def register_budget(self) -> int:
-        return 128 * (2 * self.consumer_regs + self.producer_regs)
+        return 128 * (self.consumer_warpgroups * self.consumer_regs + self.producer_regs)
 
     @property
     def launch_maxnreg(self) -> int:
-        # registers per thread at launch (before setmaxnreg): the register file spread over 384 threads
-        return (REGISTERS_PER_SM // 384) // 8 * 8
+        # registers per thread at launch (before setmaxnreg): the register file spread over every warpgroup
+        # (12 warps with two consumer warpgroups: the producer's one warp is padded to a warpgroup)
+        return (REGISTERS_PER_SM // (128 * (self.consumer_warpgroups + 1))) // 8 * 8
 
     def check_resources(self) -> None:
         assert self.smem_total <= SMEM_LIMIT_SM90, self.describe()

@@ -7,6 +7,7 @@
     python scripts/fwd_probe.py --window [variant ...] d=256 causal sliding windows (Gemma 2/3 layers)
     python scripts/fwd_probe.py --small [variant ...]  d=128 and d=64 at 2k and 8k, causal and not
     python scripts/fwd_probe.py --small-short [variant ...]  the same at 1k and 2k
+    python scripts/fwd_probe.py --small-all [variant ...]    the same at 1k, 2k and 8k
       (every mode but the first: variants interleaved on the same tensors, two rounds, 250 ms
        warm-up; q0 = the kernel without Q in registers, left3 = the split key loops with a window's left edge too,
        static / dynamic = that persistent scheduler where "single" is the default)
@@ -230,5 +231,7 @@ if __name__ == "__main__":
         interleaved(sys.argv[2:] or ["base"], small_dim_cases(), dims=(128, 64))
     elif sys.argv[1:2] == ["--small-short"]:
         interleaved(sys.argv[2:] or ["base"], small_dim_cases((1024, 2048)), dims=(128, 64))
+    elif sys.argv[1:2] == ["--small-all"]:
+        interleaved(sys.argv[2:] or ["base"], small_dim_cases((1024, 2048, 8192)), dims=(128, 64))
     else:
         main(sys.argv[1:] or ["base", "hot", "noload"])

@@ -1,18 +1,18 @@
 """Hopper (sm_90a) forward attention in Gluon, FA3 style.
 
-One CTA computes a BLOCK_M = 128 query-row tile of one (batch, head) and is split into three
+One CTA computes a BLOCK_M-row query tile of one (batch, head) (128 rows; 192 at d=64) and is split into
 warp-specialized partitions:
 
-  * producer (1 warp, 24 registers): TMA loads of Q (two 64-row halves) and of K and V blocks into a
+  * producer (1 warp, 24 registers): TMA loads of Q (one 64-row piece per consumer) and of K and V blocks into
     K_STAGES- and V_STAGES-deep shared-memory rings, each slot guarded by a "ready" and an "empty" mbarrier;
-  * two consumer warpgroups (4 warps each, ~240 registers): warpgroup w owns query rows
+  * two consumer warpgroups (three at d=64; 4 warps each, 240 registers, 160 with three): warpgroup w owns rows
     [64 w, 64 w + 64) of the tile. Each runs QK^T and PV as async wgmma; P stays in registers as the
     A operand of the PV wgmma; the QK^T of block j+1 is issued before the softmax of block j
     (FA3's intra-warpgroup overlap), so the tensor cores work while the warpgroup does exp2.
 
-O is staged through the consumer's own Q half of shared memory (Q is dead by then) and written with
+O is staged through the consumer's own Q piece of shared memory (Q is dead by then) and written with
 a TMA store, which clips rows beyond seqlen_q; TMA loads zero-fill beyond seqlen_q / seqlen_k. In
-causal and windowed tiles, blocks that only the other warpgroup can see are released unread.
+causal and windowed tiles, blocks that only other warpgroups can see are released unread.
 
 Conventions: q (B, Sq, H, D), k/v (B, Sk, Hkv, D); out (B, Sq, H, D); lse (H, B*Sq) float32, natural
 log. Causal masking and sliding windows are bottom-right aligned (sm90_masking.py): query i sees key j
@@ -25,8 +25,8 @@ Tiles are handed out by a scheduler: "single" (one tile per CTA, grid = number o
 producer takes the next tile from a global atomic counter and passes it to the consumers through
 shared memory). Tile order is longest-first for causal and groups heads into L2-sized sections so
 that concurrent CTAs share K/V in L2. Pick with the `scheduler` argument or FLASH256_SCHEDULER; the
-default (`default_scheduler`) is "dynamic" for plain non-causal d=256 attention whose per-head K/V outgrows
-the L2 section, "single" otherwise.
+default (`default_scheduler`) is "dynamic" at d <= 128 and for plain non-causal d=256 attention whose
+per-head K/V outgrows the L2 section, "single" otherwise (varlen: always "single").
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class Sm90FwdConfig(WarpSpecializedResources):
     block_n: int  # keys per K/V block
     k_stages: int  # depth of the K ring
     v_stages: int  # depth of the V ring
-    block_m: int = 2 * WARPGROUP_ROWS  # two consumer warpgroups x 64 rows
+    block_m: int = 2 * WARPGROUP_ROWS  # consumer warpgroups x 64 rows: two, or three at d=64
     # Lazy O rescale: keep a row max that is stale by up to this many log2 units (P <= 2^t) and
     # rescale O only when some row of the warpgroup grew by more; 0 = rescale every block.
     rescale_threshold: float = 0.0
@@ -111,6 +111,10 @@ class Sm90FwdConfig(WarpSpecializedResources):
     def regs_q(self) -> int:  # 16-bit Q packed two per register
         return WARPGROUP_ROWS * self.q_reg_cols // 256
 
+    @property
+    def consumer_warpgroups(self) -> int:
+        return self.block_m // WARPGROUP_ROWS
+
     def describe(self) -> str:
         return (f"d{self.head_dim}_m{self.block_m}_n{self.block_n}_k{self.k_stages}v{self.v_stages}"
                 f"_r{self.rescale_threshold:g}" + (f"_qr{self.q_reg_cols}" if self.q_reg_cols else "") +
@@ -133,8 +137,13 @@ class Sm90FwdConfig(WarpSpecializedResources):
 CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, k_stages=2, v_stages=2, q_reg_cols=128)
 # d=128: Q 32 KB + K 2x32 KB + V 2x32 KB = 160 KB. Registers: O 64 + S 64 + P 32 = 160.
 CONFIG_D128 = Sm90FwdConfig(head_dim=128, block_n=128, k_stages=2, v_stages=2)
-# d=64: Q 16 KB + K 3x16 KB + V 3x16 KB = 112 KB. Registers: O 32 + S 64 + P 32 = 128.
-CONFIG_D64 = Sm90FwdConfig(head_dim=64, block_n=128, k_stages=3, v_stages=3)
+# d=64: three consumer warpgroups (FA3's 192-row tile): every K/V byte feeds 192 query rows, and a third
+# warpgroup's softmax and wgmmas fill the gaps of the other two (d=64 does 4x d=256's exp2 per FLOP and ran with
+# both the tensor and the MUFU pipe ~50% busy: latency-bound). Q 24 KB + K 3x16 KB + V 3x16 KB = 120 KB.
+# Registers: O 32 + S 64 + P 32 = 128 of 160 (3 x 160 + 24 per thread of each warpgroup fill the register
+# file). H100: +4-11% over two warpgroups at 1k-8k with the dynamic scheduler (NOTES.md).
+CONFIG_D64 = Sm90FwdConfig(head_dim=64, block_n=128, k_stages=3, v_stages=3, block_m=3 * WARPGROUP_ROWS,
+                           consumer_regs=160)
 
 CONFIGS = {cfg.head_dim: cfg for cfg in (CONFIG_D256, CONFIG_D128, CONFIG_D64)}
 for _cfg in CONFIGS.values():
@@ -181,10 +190,10 @@ def _consumer_next_tile(tile, tile_iter, num_tiles, tile_slot, tile_ready, tile_
 
 @gluon.jit
 def _apply_mask(s, row_start, col_start, seqlen_q, seqlen_k, window_left, window_right, s_layout: gl.constexpr,
-                HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
+                WG_ROWS: gl.constexpr, BLOCK_N: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
                 RIGHT_BOUNDED: gl.constexpr):
     left_offset, right_offset = window_offsets(seqlen_q, seqlen_k, window_left, window_right)
-    keep = visible_keys(row_start, col_start, seqlen_k, left_offset, right_offset, s_layout, HALF_M, BLOCK_N,
+    keep = visible_keys(row_start, col_start, seqlen_k, left_offset, right_offset, s_layout, WG_ROWS, BLOCK_N,
                         LEFT_BOUNDED, RIGHT_BOUNDED)
     return gl.where(keep, s, -float("inf"))
 
@@ -192,7 +201,7 @@ def _apply_mask(s, row_start, col_start, seqlen_q, seqlen_k, window_left, window
 @gluon.jit
 def _key_block(j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale, masked,
                s_layout: gl.constexpr, p_layout: gl.constexpr, o_rows: gl.constexpr,
-               HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, K_STAGES: gl.constexpr,
+               WG_ROWS: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, K_STAGES: gl.constexpr,
                V_STAGES: gl.constexpr,
                LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
                RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr, Q_REG_COLS: gl.constexpr):
@@ -203,7 +212,7 @@ def _key_block(j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_sca
     row_start, q_len, k_len, window_left, window_right = rows
     stage = kv_iter % K_STAGES
     mbarrier.wait(k_ready.index(stage), (kv_iter // K_STAGES) & 1)
-    s = _scores(q_buf, q_op, k_smem.index(stage), s_layout, HALF_M, BLOCK_N, HEAD_DIM, Q_REG_COLS)
+    s = _scores(q_buf, q_op, k_smem.index(stage), s_layout, WG_ROWS, BLOCK_N, HEAD_DIM, Q_REG_COLS)
     prev_stage = (kv_iter - 1) % V_STAGES  # block j-1's V
     mbarrier.wait(v_ready.index(prev_stage), ((kv_iter - 1) // V_STAGES) & 1)
     o = warpgroup_mma(p, v_smem.index(prev_stage), o, is_async=True)
@@ -211,7 +220,7 @@ def _key_block(j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_sca
     mbarrier.arrive(k_empty.index(stage))
     s = soft_cap(s, softcap_scale, SOFTCAP)
     if masked:
-        s = _apply_mask(s, row_start, j * BLOCK_N, q_len, k_len, window_left, window_right, s_layout, HALF_M,
+        s = _apply_mask(s, row_start, j * BLOCK_N, q_len, k_len, window_left, window_right, s_layout, WG_ROWS,
                         BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
     m_new = gl.maximum(m_i, gl.max(s, axis=1))
     if RESCALE_THRESHOLD > 0:
@@ -242,10 +251,10 @@ def _rescale(o, alpha, grow, o_rows: gl.constexpr, RESCALE_THRESHOLD: gl.constex
 
 
 @gluon.jit
-def _scores(q_buf, q_op, k_buf, s_layout: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr,
+def _scores(q_buf, q_op, k_buf, s_layout: gl.constexpr, WG_ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
             HEAD_DIM: gl.constexpr, Q_REG_COLS: gl.constexpr):
     """Issue S = Q K^T (async): Q's first Q_REG_COLS columns from registers (q_op), the rest from shared memory."""
-    zero = gl.zeros([HALF_M, BLOCK_N], gl.float32, s_layout)
+    zero = gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout)
     if Q_REG_COLS == 0:
         s = warpgroup_mma(q_buf, k_buf.permute((1, 0)), zero, use_acc=False, is_async=True)
     else:
@@ -265,7 +274,8 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, t
               LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SCHEDULER: gl.constexpr,
               VARLEN: gl.constexpr):
     q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty = bars
-    HALF_M: gl.constexpr = BLOCK_M // 2
+    WG_ROWS: gl.constexpr = 64
+    CONSUMERS: gl.constexpr = BLOCK_M // WG_ROWS
     kv_iter = 0
     tile_iter = 0
     tile = gl.program_id(0)
@@ -277,10 +287,10 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, t
         q_batch, q_first, q_len, _q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
         k_batch, k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
         m_start = m_block * BLOCK_M
-        for w in gl.static_range(2):
+        for w in gl.static_range(CONSUMERS):
             mbarrier.wait(q_empty.index(w), (tile_iter & 1) ^ 1)
             mbarrier.expect(q_ready.index(w), q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [q_batch, q_first + m_start + w * HALF_M, h, 0],
+            tma.async_copy_global_to_shared(q_desc, [q_batch, q_first + m_start + w * WG_ROWS, h, 0],
                                             q_ready.index(w), q_smem.index(w))
         lo, hi = key_blocks(m_start, BLOCK_M, q_len, k_len, window_left, window_right, BLOCK_N,
                              LEFT_BOUNDED, RIGHT_BOUNDED)
@@ -331,7 +341,7 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
               RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr, VARLEN: gl.constexpr,
               Q_REG_COLS: gl.constexpr):
     q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty = bars
-    HALF_M: gl.constexpr = BLOCK_M // 2
+    WG_ROWS: gl.constexpr = 64
     dtype: gl.constexpr = q_smem.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -353,24 +363,24 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
         h = bh - b * num_heads
         _q_batch, _q_first, q_len, _q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
         _k_batch, _k_first, k_len, _k_flat = sequence_rows(b, cu_seqlens_k, seqlen_k, VARLEN)
-        row_start = m_block * BLOCK_M + WG * HALF_M
+        row_start = m_block * BLOCK_M + WG * WG_ROWS
         # The producer streams the blocks the whole 128-row tile sees; with a window or causal mask
         # this warpgroup's rows see a sub-range [lo, hi) and release the rest unread.
         tile_lo, tile_hi = key_blocks(m_block * BLOCK_M, BLOCK_M, q_len, k_len, window_left, window_right,
                                        BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
         tile_lo, tile_hi = clip_to_sequence(tile_lo, tile_hi, m_block * BLOCK_M, q_len, VARLEN)
-        lo, hi = key_blocks(row_start, HALF_M, q_len, k_len, window_left, window_right, BLOCK_N,
+        lo, hi = key_blocks(row_start, WG_ROWS, q_len, k_len, window_left, window_right, BLOCK_N,
                              LEFT_BOUNDED, RIGHT_BOUNDED)
         lo = gl.minimum(gl.maximum(lo, tile_lo), tile_hi)
         hi = gl.minimum(gl.maximum(hi, lo), tile_hi)
-        unmasked_lo, unmasked_hi = unmasked_key_blocks(row_start, HALF_M, q_len, k_len, window_left,
+        unmasked_lo, unmasked_hi = unmasked_key_blocks(row_start, WG_ROWS, q_len, k_len, window_left,
                                                     window_right, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
         for j in range(tile_lo, lo):
             kv_iter = _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, K_STAGES, V_STAGES)
 
-        m_i = gl.full([HALF_M], -float("inf"), gl.float32, s_rows)
-        l_i = gl.zeros([HALF_M], gl.float32, s_rows)
-        o = gl.zeros([HALF_M, HEAD_DIM], gl.float32, o_layout)
+        m_i = gl.full([WG_ROWS], -float("inf"), gl.float32, s_rows)
+        l_i = gl.zeros([WG_ROWS], gl.float32, s_rows)
+        o = gl.zeros([WG_ROWS, HEAD_DIM], gl.float32, o_layout)
         mbarrier.wait(q_ready.index(WG), tile_iter & 1)
         q_op = 0
         if Q_REG_COLS > 0:
@@ -379,13 +389,13 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
             # First block: S = Q K^T, softmax, no O yet.
             stage = kv_iter % K_STAGES
             mbarrier.wait(k_ready.index(stage), (kv_iter // K_STAGES) & 1)
-            s = _scores(q_buf, q_op, k_smem.index(stage), s_layout, HALF_M, BLOCK_N, HEAD_DIM, Q_REG_COLS)
+            s = _scores(q_buf, q_op, k_smem.index(stage), s_layout, WG_ROWS, BLOCK_N, HEAD_DIM, Q_REG_COLS)
             s = warpgroup_mma_wait(0, deps=(s, ))
             mbarrier.arrive(k_empty.index(stage))
             s = soft_cap(s, softcap_scale, SOFTCAP)
             if (lo < unmasked_lo) | (lo >= unmasked_hi):
                 s = _apply_mask(s, row_start, lo * BLOCK_N, q_len, k_len, window_left, window_right,
-                                s_layout, HALF_M, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
+                                s_layout, WG_ROWS, BLOCK_N, LEFT_BOUNDED, RIGHT_BOUNDED)
             m_i = gl.max(s, axis=1)
             m_scaled = gl.where(m_i == -float("inf"), 0.0, m_i * qk_scale)
             p_f32 = exp2_split_gl(s * qk_scale - m_scaled[:, None], POLY_EIGHTHS)
@@ -393,7 +403,7 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
             p = gl.convert_layout(p_f32.to(dtype), p_layout)
             kv_iter += 1
             # (re)define O only now, so its zeros are not live through block 0's softmax
-            o = gl.zeros([HALF_M, HEAD_DIM], gl.float32, o_layout)
+            o = gl.zeros([WG_ROWS, HEAD_DIM], gl.float32, o_layout)
             grow = gl.to_tensor(0)
             ring = (k_smem, v_smem, k_ready, k_empty, v_ready, v_empty)
             rows = (row_start, q_len, k_len, window_left, window_right)
@@ -405,7 +415,7 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
                 for j in range(lo + 1, hi):
                     kv_iter, o, p, m_i, l_i, grow = _key_block(
                         j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale,
-                        (j < unmasked_lo) | (j >= unmasked_hi), s_layout, p_layout, o_rows, HALF_M, BLOCK_N,
+                        (j < unmasked_lo) | (j >= unmasked_hi), s_layout, p_layout, o_rows, WG_ROWS, BLOCK_N,
                         HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, RESCALE_THRESHOLD,
                         POLY_EIGHTHS, Q_REG_COLS)
             else:
@@ -417,12 +427,12 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
                 for j in range(lo + 1, last_unmasked):
                     kv_iter, o, p, m_i, l_i, grow = _key_block(
                         j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale, False,
-                        s_layout, p_layout, o_rows, HALF_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED,
+                        s_layout, p_layout, o_rows, WG_ROWS, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED,
                         RIGHT_BOUNDED, SOFTCAP, RESCALE_THRESHOLD, POLY_EIGHTHS, Q_REG_COLS)
                 for j in range(last_unmasked, hi):
                     kv_iter, o, p, m_i, l_i, grow = _key_block(
                         j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale, True,
-                        s_layout, p_layout, o_rows, HALF_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED,
+                        s_layout, p_layout, o_rows, WG_ROWS, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED,
                         RIGHT_BOUNDED, SOFTCAP, RESCALE_THRESHOLD, POLY_EIGHTHS, Q_REG_COLS)
             last_stage = (kv_iter - 1) % V_STAGES
             mbarrier.wait(v_ready.index(last_stage), ((kv_iter - 1) // V_STAGES) & 1)
@@ -449,35 +459,16 @@ def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, s
             lse = gl.where(l_i > 0.0, (m_row + gl.log2(l_i)) * LN2, -float("inf"))
         # where the rows go: looked up again here rather than kept live through the key loop
         q_batch, q_first, q_len, q_flat = sequence_rows(b, cu_seqlens_q, seqlen_q, VARLEN)
-        rows = row_start + gl.arange(0, HALF_M, s_rows)
+        rows = row_start + gl.arange(0, WG_ROWS, s_rows)
         # int32 offset: H * total_q < 2^31 whenever q fits in memory; an int64 one spilled at d=256
         gl.store(lse_ptr + (h * total_q + q_flat) + rows, lse, mask=rows < q_len)
         store_tile(o.to(dtype), q_buf, o_desc, o_ptr, num_heads * HEAD_DIM, q_batch, q_first, row_start, h, q_len,
-                   HALF_M, HEAD_DIM, 4, VARLEN)
+                   WG_ROWS, HEAD_DIM, 4, VARLEN)
         gl.thread_barrier()  # each warp finished its own stores; now all of them have
         mbarrier.arrive(q_empty.index(WG))
         tile_iter += 1
         tile = _consumer_next_tile(tile, tile_iter, num_tiles, tile_slot, tile_ready, tile_empty,
                                    SCHEDULER)
-
-
-# Worker partitions take no Python-int arguments (only IR values and constexprs passed through), so
-# warpgroup 1 gets its own entry point that fixes WG=1.
-@gluon.jit
-def _second_consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
-                     cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads,
-                     num_heads_total, heads_per_section, num_tiles, window_left, window_right, softcap_scale,
-                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                     K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
-                     RIGHT_BOUNDED: gl.constexpr,
-                     SOFTCAP: gl.constexpr, HAS_SINK: gl.constexpr, SCHEDULER: gl.constexpr,
-                     RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr, VARLEN: gl.constexpr,
-                     Q_REG_COLS: gl.constexpr):
-    _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q, cu_seqlens_k,
-              qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total, heads_per_section,
-              num_tiles, window_left, window_right, softcap_scale, 1, BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES,
-              LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN,
-              Q_REG_COLS)
 
 
 # Sizes are not specialised (no recompiles for seqlen 1 or odd lengths); only the constexprs are.
@@ -494,54 +485,81 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_pt
                          RESCALE_THRESHOLD: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                          PRODUCER_REGS: gl.constexpr, POLY_EIGHTHS: gl.constexpr, VARLEN: gl.constexpr,
                          Q_REG_COLS: gl.constexpr):
-    HALF_M: gl.constexpr = BLOCK_M // 2
+    WG_ROWS: gl.constexpr = 64
+    CONSUMERS: gl.constexpr = BLOCK_M // WG_ROWS
     dtype: gl.constexpr = q_desc.dtype
-    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HALF_M, HEAD_DIM], dtype)
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([WG_ROWS, HEAD_DIM], dtype)
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
-    q_smem = gl.allocate_shared_memory(dtype, [2, HALF_M, HEAD_DIM], q_layout)
+    q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, WG_ROWS, HEAD_DIM], q_layout)
     k_smem = gl.allocate_shared_memory(dtype, [K_STAGES, BLOCK_N, HEAD_DIM], kv_layout)
     v_smem = gl.allocate_shared_memory(dtype, [V_STAGES, BLOCK_N, HEAD_DIM], kv_layout)
     tile_slot = gl.allocate_shared_memory(gl.int32, [128], gl.SwizzledSharedLayout(1, 1, 1, [0]))
 
-    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
     tile_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     tile_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    for w in gl.static_range(2):
+    for w in gl.static_range(CONSUMERS):
         mbarrier.init(q_ready.index(w), count=1)
         mbarrier.init(q_empty.index(w), count=1)
-    # both consumer warpgroups release each K and V slot
+    # every consumer warpgroup releases each K and V slot
     for i in gl.static_range(K_STAGES):
         mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(k_empty.index(i), count=2)
+        mbarrier.init(k_empty.index(i), count=CONSUMERS)
     for i in gl.static_range(V_STAGES):
         mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(v_empty.index(i), count=2)
+        mbarrier.init(v_empty.index(i), count=CONSUMERS)
     mbarrier.init(tile_ready, count=1)
-    mbarrier.init(tile_empty, count=2)
+    mbarrier.init(tile_empty, count=CONSUMERS)
     bars = (q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty)
 
-    gl.warp_specialize([
-        (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
+    # A partition's warpgroup index must be a constexpr value (a Python int literal is not passed through).
+    WG0: gl.constexpr = 0
+    WG1: gl.constexpr = 1
+    WG2: gl.constexpr = 2
+    if CONSUMERS == 3:
+        gl.warp_specialize([
+            (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
                      cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
-                     heads_per_section, num_tiles, window_left, window_right, softcap_scale, 0, BLOCK_M, BLOCK_N,
+                     heads_per_section, num_tiles, window_left, window_right, softcap_scale, WG0, BLOCK_M, BLOCK_N,
                      HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
                      RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
-        (_second_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
-                            cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads,
-                            num_heads_total, heads_per_section, num_tiles, window_left, window_right, softcap_scale,
-                            BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP,
-                            HAS_SINK,
-                            SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
-        (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
+            (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
+                     cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
+                     heads_per_section, num_tiles, window_left, window_right, softcap_scale, WG1, BLOCK_M, BLOCK_N,
+                     HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
+                     RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
+            (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
+                     cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
+                     heads_per_section, num_tiles, window_left, window_right, softcap_scale, WG2, BLOCK_M, BLOCK_N,
+                     HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
+                     RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
                      cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total,
                      group_size, heads_per_section, num_tiles, window_left, window_right, BLOCK_M, BLOCK_N,
                      K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SCHEDULER, VARLEN)),
-    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+        ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
+    else:
+        gl.warp_specialize([
+            (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
+                     cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
+                     heads_per_section, num_tiles, window_left, window_right, softcap_scale, WG0, BLOCK_M, BLOCK_N,
+                     HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
+                     RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
+            (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
+                     cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
+                     heads_per_section, num_tiles, window_left, window_right, softcap_scale, WG1, BLOCK_M, BLOCK_N,
+                     HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
+                     RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
+                     cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total,
+                     group_size, heads_per_section, num_tiles, window_left, window_right, BLOCK_M, BLOCK_N,
+                     K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SCHEDULER, VARLEN)),
+        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -593,14 +611,18 @@ def tma_descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 
 
 def default_scheduler(cfg: Sm90FwdConfig, seqlen_k: int, causal: bool, window: tuple[int, int], softcap: float,
-                      has_sink: bool) -> str:
-    """"dynamic" where one head's K and V outgrow the L2 section, in plain non-causal attention at d=256:
-    one-tile-per-CTA grids then drift apart along the K/V stream and lose L2 reuse (H200, 128k: 599 ->
-    673 TFLOP/s; NOTES.md). "single" everywhere else, where it measured best or level (causal 4k-128k,
-    and 4k-32k non-causal; the causal, soft-capped, sink and d=128 builds of the dynamic kernel spilled then)."""
+                      has_sink: bool, poly_eighths: int = 0) -> str:
+    """"dynamic" at d <= 128: a persistent CTA loads its next tile's K/V while it finishes this one, which pays
+    where tiles are short (H100, 1k-2k: up to +14% causal, level at 8k; NOTES.md). At d=256 only for plain
+    non-causal attention whose one head's K and V outgrow the L2 section: one-tile-per-CTA grids then drift
+    apart along the K/V stream and lose L2 reuse (H200, 128k: 599 -> 673 TFLOP/s). "single" for the rest of
+    d=256, where it measured best or level (causal 4k-128k, and 4k-32k non-causal). The exp2 polynomial
+    (poly_eighths > 0) keeps "single" at d <= 128: with the persistent tile loop's scalars it spills in the key loop."""
+    if cfg.head_dim <= 128 and poly_eighths == 0:
+        return "dynamic"
     plain = not causal and window == (-1, -1) and softcap == 0 and not has_sink
     kv_bytes = 2 * seqlen_k * cfg.head_dim * cfg.elem_bytes
-    return "dynamic" if plain and cfg.head_dim == 256 and kv_bytes > L2_SECTION_BYTES else "single"
+    return "dynamic" if plain and kv_bytes > L2_SECTION_BYTES else "single"
 
 
 def _scheduler_name(scheduler: str | None, default: str) -> str:
@@ -638,7 +660,7 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
     varlen = cu_seqlens_q is not None
     # persistent CTAs would have to agree on skipping the tiles past a short sequence: not worth it
     sched = "single" if varlen else _scheduler_name(
-        scheduler, default_scheduler(cfg, seqlen_k, causal, window, softcap, sink is not None))
+        scheduler, default_scheduler(cfg, seqlen_k, causal, window, softcap, sink is not None, poly_eighths))
     q, k, v = _tma_operand(q), _tma_operand(k), _tma_operand(v)
     out = torch.empty((batch, seqlen_q, nheads, head_dim), dtype=q.dtype, device=q.device)
     total_q = batch * seqlen_q
@@ -648,9 +670,8 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
     num_seqs = cu_seqlens_q.numel() - 1 if varlen else batch
     max_q, max_k = (max_seqlen_q, max_seqlen_k) if varlen else (seqlen_q, seqlen_k)
 
-    half_m = cfg.block_m // 2
-    q_desc = tma_descriptor(q, half_m)
-    o_desc = tma_descriptor(out, half_m)
+    q_desc = tma_descriptor(q, WARPGROUP_ROWS)
+    o_desc = tma_descriptor(out, WARPGROUP_ROWS)
     k_desc = tma_descriptor(k, cfg.block_n)
     v_desc = tma_descriptor(v, cfg.block_n)
 
@@ -702,7 +723,6 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
     def desc_sig(rows):
         return f"tensordesc<{sig_dtype}{io_block(cfg.head_dim, rows)},{smem_layout(cfg.head_dim, rows, gl_dtype)!r}>"
 
-    half_m = cfg.block_m // 2
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim,
                       K_STAGES=cfg.k_stages, V_STAGES=cfg.v_stages, LEFT_BOUNDED=left_bounded,
                       RIGHT_BOUNDED=bool(causal),
@@ -710,8 +730,8 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
                       RESCALE_THRESHOLD=cfg.rescale_threshold, Q_REG_COLS=cfg.q_reg_cols,
                       CONSUMER_REGS=cfg.consumer_regs,
                       PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths, VARLEN=varlen)
-    signature = dict(q_desc=desc_sig(half_m), k_desc=desc_sig(cfg.block_n), v_desc=desc_sig(cfg.block_n),
-                     o_desc=desc_sig(half_m), o_ptr=f"*{sig_dtype}", lse_ptr="*fp32", sink_ptr="*fp32",
+    signature = dict(q_desc=desc_sig(WARPGROUP_ROWS), k_desc=desc_sig(cfg.block_n), v_desc=desc_sig(cfg.block_n),
+                     o_desc=desc_sig(WARPGROUP_ROWS), o_ptr=f"*{sig_dtype}", lse_ptr="*fp32", sink_ptr="*fp32",
                      cu_seqlens_q="*i32", cu_seqlens_k="*i32", tile_counter="*i32", qk_scale="fp32",
                      seqlen_q="i32", seqlen_k="i32", total_q="i32", num_heads="i32", group_size="i32",
                      heads_per_section="i32", num_m_blocks="i32", num_heads_total="i32", num_tiles="i32",
@@ -725,36 +745,38 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
                           options={"num_warps": 4, "maxnreg": cfg.launch_maxnreg})
 
 
-def inspect_cases(arch: int = 90, schedulers: tuple[str, ...] = ("single", )):
+def inspect_cases(arch: int = 90, schedulers: tuple[str, ...] = ()):
     """Shipped configurations for `python -m flash256.inspect`, compiled for sm_90a without a GPU.
 
-    The "single" scheduler, and "dynamic" where default_scheduler picks it; schedulers=SCHEDULERS adds the
-    persistent ones everywhere (spill-free too since the masks stopped keeping column indices live, NOTES.md).
+    Each case with the scheduler default_scheduler picks for it at seqlen 4k, and the d=256 long-sequence
+    default ("dynamic"); `schedulers` adds those schedulers for every configuration, causal and not.
     exp2 emulation variants (2 and 4 eighths on the FMA pipe) show MUFU.EX2 falling, FFMA rising.
     """
     from .compile_target import InspectCase
     if arch != 90:
         return []
-    variants = [(cfg, causal, scheduler, 0) for cfg in CONFIGS.values()
-                for causal in (False, True) for scheduler in schedulers]
-    variants += [(cfg, False, "single", eighths) for cfg in CONFIGS.values() for eighths in (2, 4)]
-    cases = [InspectCase("sm90_fwd", f"{cfg.describe()} causal={causal} scheduler={scheduler}"
-                         + (f" exp2_poly={eighths}/8" if eighths else ""),
-                         lambda cfg=cfg, causal=causal, scheduler=scheduler, eighths=eighths:
-                         compile_sm90(cfg, causal, scheduler, poly_eighths=eighths))
-             for cfg, causal, scheduler, eighths in variants]
+
+    def case(cfg, causal, scheduler=None, label="", **options):
+        window = (1024, 0) if options.get("left_bounded") else (-1, -1)
+        scheduler = scheduler or default_scheduler(cfg, 4096, causal, window, float(options.get("softcap", 0)),
+                                                   options.get("sink", False), options.get("poly_eighths", 0))
+        # the persistent tile loop's scalars exceed 160 registers between tiles (not in the key loop)
+        budget = 104 if (cfg.consumer_warpgroups, causal, scheduler, options) == (3, False, "dynamic", {}) else 0
+        return InspectCase("sm90_fwd", f"{cfg.describe()} causal={causal} scheduler={scheduler}{label}"
+                           + (f" (spills {budget} B per tile, outside the key loop)" if budget else ""),
+                           lambda: compile_sm90(cfg, causal, scheduler, **options), spill_budget=budget)
+
+    cases = [case(cfg, causal, scheduler) for cfg in CONFIGS.values() for causal in (False, True)
+             for scheduler in (None, ) + tuple(schedulers)]
+    cases += [case(cfg, False, label=f" exp2_poly={eighths}/8", poly_eighths=eighths)
+              for cfg in CONFIGS.values() for eighths in (2, 4)]
     # Gemma-style layers: causal sliding window with a soft cap; gpt-oss-style: a window with a sink
-    cases += [InspectCase("sm90_fwd", f"{cfg.describe()} causal=True window=(L,0) softcap",
-                          lambda cfg=cfg: compile_sm90(cfg, True, left_bounded=True, softcap=True))
+    cases += [case(cfg, True, label=" window=(L,0) softcap", left_bounded=True, softcap=True)
               for cfg in CONFIGS.values()]
-    cases += [InspectCase("sm90_fwd", f"{cfg.describe()} causal=True window=(L,0) sink",
-                          lambda cfg=cfg: compile_sm90(cfg, True, left_bounded=True, sink=True))
-              for cfg in CONFIGS.values()]
+    cases += [case(cfg, True, label=" window=(L,0) sink", left_bounded=True, sink=True) for cfg in CONFIGS.values()]
     # the default for long plain non-causal d=256 (default_scheduler)
-    cases += [InspectCase("sm90_fwd", f"{CONFIG_D256.describe()} causal=False scheduler=dynamic",
-                          lambda: compile_sm90(CONFIG_D256, False, "dynamic"))]
-    cases += [InspectCase("sm90_fwd", f"{cfg.describe()} causal={causal} varlen",
-                          lambda cfg=cfg, causal=causal: compile_sm90(cfg, causal, varlen=True))
+    cases += [case(CONFIG_D256, False, "dynamic", label=" (seqlen_k > 32k)")]
+    cases += [case(cfg, causal, "single", label=" varlen", varlen=True)
               for cfg in CONFIGS.values() for causal in (False, True)]
     return cases
 
@@ -787,4 +809,4 @@ def resource_usage(compiled) -> dict:
 
 if __name__ == "__main__":
     for case in inspect_cases(90, SCHEDULERS):
-        print(case["config"], resource_usage(case["compile"]()), flush=True)
+        print(case.config, resource_usage(case.compile()), flush=True)
