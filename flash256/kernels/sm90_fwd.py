@@ -517,7 +517,8 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_pt
     mbarrier.init(tile_empty, count=CONSUMERS)
     bars = (q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty)
 
-    # A partition's warpgroup index must be a constexpr value (a Python int literal is not passed through).
+    # A partition's warpgroup index must be a constexpr value (a Python int literal is not passed through). The
+    # argument lists are spelled out: a tuple built once and extended per partition loses its constexprs (tried).
     WG0: gl.constexpr = 0
     WG1: gl.constexpr = 1
     WG2: gl.constexpr = 2
