@@ -142,7 +142,7 @@ CONFIG_D128 = Sm90FwdConfig(head_dim=128, block_n=128, k_stages=2, v_stages=2)
 # both the tensor and the MUFU pipe ~50% busy: latency-bound). Q 24 KB + K 3x16 KB + V 3x16 KB = 120 KB.
 # Registers: O 32 + S 64 + P 32 = 128 of 160 (3 x 160 + 24 per thread of each warpgroup fill the register
 # file). H100, with the dynamic scheduler: +4-11% over the previous default (two warpgroups, one tile per CTA)
-# at 1k-8k; against two warpgroups with the same scheduler +3-12%, except 1k causal (-8%) (NOTES.md).
+# at 1k-8k; against two warpgroups with the same scheduler +3-13%, except 1k causal (-8%) (NOTES.md).
 CONFIG_D64 = Sm90FwdConfig(head_dim=64, block_n=128, k_stages=3, v_stages=3, block_m=3 * WARPGROUP_ROWS,
                            consumer_regs=160)
 
