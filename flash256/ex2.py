@@ -312,95 +312,16 @@ def exp2_split_reference(s: torch.Tensor, poly_eighths: int, degree: int = 3, sp
 
 
 # --------------------------------------------------------------------------- Gluon (sm_90 kernels)
-# The same math in Gluon. Gluon runs on the GPU only, so FA4's floor split with add.rm.f32 (inline
-# PTX) costs nothing extra there; SPLIT = 0 (nearest) matches the portable tl kernel bit for bit.
+# A Gluon kernel calls the tl functions above directly (its tensors carry their layouts through them); only the
+# column split needs a wrapper, to hand the result back in the accumulator's own layout. The default split here
+# is FA4's floor with add.rm.f32: Gluon runs on the GPU only, where the rounding mode costs nothing.
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
 
 
 @gluon.jit
-def _horner_gl(f, DEGREE: gl.constexpr, FLOOR: gl.constexpr):
-    gl.static_assert(DEGREE >= 2 and DEGREE <= 5, "exp2_poly_gl: DEGREE must be 2, 3, 4 or 5")
-    if FLOOR:
-        if DEGREE == 2:
-            p = gl.fma(f, _F2_2, _F2_1)
-        elif DEGREE == 3:
-            p = gl.fma(gl.fma(f, _F3_3, _F3_2), f, _F3_1)
-        elif DEGREE == 4:
-            p = gl.fma(gl.fma(gl.fma(f, _F4_4, _F4_3), f, _F4_2), f, _F4_1)
-        else:
-            p = gl.fma(gl.fma(gl.fma(gl.fma(f, _F5_5, _F5_4), f, _F5_3), f, _F5_2), f, _F5_1)
-    else:
-        if DEGREE == 2:
-            p = gl.fma(f, _N2_2, _N2_1)
-        elif DEGREE == 3:
-            p = gl.fma(gl.fma(f, _N3_3, _N3_2), f, _N3_1)
-        elif DEGREE == 4:
-            p = gl.fma(gl.fma(gl.fma(f, _N4_4, _N4_3), f, _N4_2), f, _N4_1)
-        else:
-            p = gl.fma(gl.fma(gl.fma(gl.fma(f, _N5_5, _N5_4), f, _N5_3), f, _N5_2), f, _N5_1)
-    return gl.fma(p, f, 1.0)
-
-
-@gluon.jit
-def exp2_poly_gl(x, DEGREE: gl.constexpr = 3, SPLIT: gl.constexpr = 1):
-    """Gluon exp2_poly: 2^x of an fp32 distributed tensor on the FMA/ALU pipes (any layout).
-
-    SPLIT: 1 = floor via add.rm.f32 (FA4's sequence, default here: the GPU has the rounding mode),
-    0 = nearest (bits equal to the tl exp2_poly / ex2_emulated(split="nearest")),
-    2 = floor via the RN add and a correction (same bits as 1, more ops; for cross-checks).
-    """
-    x = gl.maximum(x, -127.0)
-    if SPLIT == 1:
-        r = gl.inline_asm_elementwise("add.rm.f32 $0, $1, 0f4B400000;", "=f,f", [x],
-                                      dtype=gl.float32, is_pure=True, pack=1)
-    else:
-        r = x + 12582912.0
-        if SPLIT == 2:
-            r = gl.where(r - 12582912.0 > x, r - 1.0, r)
-    f = x - (r - 12582912.0)
-    p = _horner_gl(f, DEGREE, SPLIT != 0)
-    bits = (r.to(gl.int32, bitcast=True) << 23) + p.to(gl.int32, bitcast=True)
-    return bits.to(gl.float32, bitcast=True)
-
-
-@gluon.jit
-def _exp2_block_gl(x, POLY: gl.constexpr, DEGREE: gl.constexpr, SPLIT: gl.constexpr):
-    if POLY:
-        y = exp2_poly_gl(x, DEGREE, SPLIT)
-    else:
-        y = gl.exp2(x)
-    return y
-
-
-@gluon.jit
-def _exp2_quarter_gl(x, FIRST: gl.constexpr, POLY_EIGHTHS: gl.constexpr, DEGREE: gl.constexpr,
-                     SPLIT: gl.constexpr):
-    if FIRST + 2 <= POLY_EIGHTHS or FIRST >= POLY_EIGHTHS:
-        y = _exp2_block_gl(x, FIRST < POLY_EIGHTHS, DEGREE, SPLIT)
-    else:
-        a, b = gl.split(x)
-        y = gl.join(_exp2_block_gl(a, FIRST < POLY_EIGHTHS, DEGREE, SPLIT),
-                    _exp2_block_gl(b, FIRST + 1 < POLY_EIGHTHS, DEGREE, SPLIT))
-    return y
-
-
-@gluon.jit
-def _exp2_half_gl(x, FIRST: gl.constexpr, POLY_EIGHTHS: gl.constexpr, DEGREE: gl.constexpr,
-                  SPLIT: gl.constexpr):
-    if FIRST + 4 <= POLY_EIGHTHS or FIRST >= POLY_EIGHTHS:
-        y = _exp2_block_gl(x, FIRST < POLY_EIGHTHS, DEGREE, SPLIT)
-    else:
-        a, b = gl.split(x)
-        y = gl.join(_exp2_quarter_gl(a, FIRST, POLY_EIGHTHS, DEGREE, SPLIT),
-                    _exp2_quarter_gl(b, FIRST + 2, POLY_EIGHTHS, DEGREE, SPLIT))
-    return y
-
-
-@gluon.jit
-def exp2_split_gl(s, POLY_EIGHTHS: gl.constexpr, DEGREE: gl.constexpr = 3, SPLIT: gl.constexpr = 1):
-    """Gluon exp2_split: same column blocks as the tl version (block b = col // (N/8) < POLY_EIGHTHS
-    on the polynomial, the rest incl. the last block on MUFU.EX2); result in s's layout.
+def exp2_split_gl(s, POLY_EIGHTHS: gl.constexpr, DEGREE: gl.constexpr = 3, SPLIT: gl.constexpr = SPLIT_FLOOR_ASM):
+    """exp2_split of a Gluon tile, returned in s's layout (same column blocks and bits as the tl version).
 
     The split must be in-thread: Gluon inserts no layout conversions, so the column bits of b must be
     register bits of s's layout (true for the wgmma accumulator NVMMADistributedLayout with N >= 64,
@@ -408,20 +329,4 @@ def exp2_split_gl(s, POLY_EIGHTHS: gl.constexpr, DEGREE: gl.constexpr = 3, SPLIT
     The final convert_layout(assert_trivial=True) only renames the inferred linear layout back to
     s's layout, and fails to compile if it would move data.
     """
-    gl.static_assert(POLY_EIGHTHS >= 0 and POLY_EIGHTHS <= 7, "exp2_split_gl: POLY_EIGHTHS must be in 0..7")
-    if POLY_EIGHTHS == 0:
-        y = gl.exp2(s)
-    else:
-        M: gl.constexpr = s.shape[0]
-        N: gl.constexpr = s.shape[1]
-        gl.static_assert(N >= 8 and N % 8 == 0, "exp2_split_gl: N must be a multiple of 8")
-        x = gl.permute(gl.reshape(s, [M, 2, 2, 2, N // 8]), [0, 4, 3, 2, 1])  # (M, lo, b0, b1, b2)
-        a, b = gl.split(x)
-        if POLY_EIGHTHS == 4:
-            y = gl.join(_exp2_block_gl(a, True, DEGREE, SPLIT), _exp2_block_gl(b, False, DEGREE, SPLIT))
-        else:
-            y = gl.join(_exp2_half_gl(a, 0, POLY_EIGHTHS, DEGREE, SPLIT),
-                        _exp2_half_gl(b, 4, POLY_EIGHTHS, DEGREE, SPLIT))
-        y = gl.reshape(gl.permute(y, [0, 4, 3, 2, 1]), [M, N])
-        y = gl.convert_layout(y, s.type.layout, assert_trivial=True)
-    return y
+    return gl.convert_layout(exp2_split(s, POLY_EIGHTHS, DEGREE, SPLIT), s.type.layout, assert_trivial=True)
