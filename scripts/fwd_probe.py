@@ -9,8 +9,8 @@
     python scripts/fwd_probe.py --small-short [variant ...]  the same at 1k and 2k
     python scripts/fwd_probe.py --small-all [variant ...]    the same at 1k, 2k and 8k
       (every mode but the first: variants interleaved on the same tensors, two rounds, 250 ms
-       warm-up; q0 = the kernel without Q in registers, left3 = the split key loops with a window's left edge too,
-       static / dynamic = that persistent scheduler where "single" is the default)
+       warm-up; q0 = the kernel without Q in registers, static / dynamic = that persistent scheduler
+       where "single" is the default)
 
 Times `sm90_forward` (bf16, 32k tokens, 2048 // d heads: d=256 at 4k and 16k, d=128 and d=64 at 8k; causal
 and not) for variants of the kernel built from its source with one change each, in one process:
@@ -52,21 +52,6 @@ PATCHES = {
     "static": [('kv_bytes > L2_SECTION_BYTES else "single"', 'kv_bytes > L2_SECTION_BYTES else "static"')],
     # the dynamic persistent scheduler (atomic tile counter) where "single" is the default
     "dynamic": [('kv_bytes > L2_SECTION_BYTES else "single"', 'kv_bytes > L2_SECTION_BYTES else "dynamic"')],
-    # the split key loops with a left window edge too: masked edge blocks, unmasked, masked (spills 24-32 B
-    # outside the loops, causal; NOTES.md)
-    "left3": [("if HEAD_DIM != 256 or LEFT_BOUNDED or (VARLEN and RIGHT_BOUNDED) or POLY_EIGHTHS > 0:",
-               "if HEAD_DIM != 256 or (VARLEN and RIGHT_BOUNDED) or POLY_EIGHTHS > 0:"),
-              ("""                last_unmasked = gl.minimum(gl.maximum(unmasked_hi, lo + 1), hi)
-                for j in range(lo + 1, last_unmasked):""",
-               """                first_unmasked = gl.minimum(gl.maximum(unmasked_lo, lo + 1), hi)
-                last_unmasked = gl.minimum(gl.maximum(unmasked_hi, first_unmasked), hi)
-                if LEFT_BOUNDED:
-                    for j in range(lo + 1, first_unmasked):
-                        kv_iter, o, p, m_i, l_i, grow = _key_block(
-                            j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale,
-                            True, s_layout, p_layout, o_rows, HALF_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES,
-                            LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, RESCALE_THRESHOLD, POLY_EIGHTHS, Q_REG_COLS)
-                for j in range(first_unmasked, last_unmasked):""")],
 }
 
 

@@ -268,12 +268,11 @@ def _scores(q_buf, q_op, k_buf, s_layout: gl.constexpr, WG_ROWS: gl.constexpr, B
 
 
 @gluon.jit
-def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
-              cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total,
-              group_size, heads_per_section, num_tiles, window_left, window_right,
-              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, K_STAGES: gl.constexpr, V_STAGES: gl.constexpr,
-              LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SCHEDULER: gl.constexpr,
-              VARLEN: gl.constexpr):
+def _producer(args, meta: gl.constexpr):
+    (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter, cu_seqlens_q, cu_seqlens_k,
+     seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, group_size, heads_per_section, num_tiles,
+     window_left, window_right) = args
+    BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SCHEDULER, VARLEN = meta
     q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty = bars
     WG_ROWS: gl.constexpr = 64
     CONSUMERS: gl.constexpr = BLOCK_M // WG_ROWS
@@ -333,14 +332,13 @@ def _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, K_STAGES: gl.co
 
 
 @gluon.jit
-def _consumer(q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
-              cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
-              heads_per_section, num_tiles, window_left, window_right, softcap_scale,
-              WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-              K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
-              SOFTCAP: gl.constexpr, HAS_SINK: gl.constexpr, SCHEDULER: gl.constexpr,
-              RESCALE_THRESHOLD: gl.constexpr, POLY_EIGHTHS: gl.constexpr, VARLEN: gl.constexpr,
-              Q_REG_COLS: gl.constexpr):
+def _consumer(args, WG: gl.constexpr, meta: gl.constexpr):
+    # runtime arguments and constexprs arrive as one tuple each (see sm90_attn_fwd_kernel)
+    (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q, cu_seqlens_k, qk_scale,
+     seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles, window_left,
+     window_right, softcap_scale) = args
+    (BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
+     RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS) = meta
     q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty = bars
     WG_ROWS: gl.constexpr = 64
     dtype: gl.constexpr = q_smem.dtype
@@ -518,50 +516,31 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_pt
     mbarrier.init(tile_empty, count=CONSUMERS)
     bars = (q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty)
 
-    # A partition's warpgroup index must be a constexpr value (a Python int literal is not passed through). The
-    # argument lists are spelled out: a tuple built once and extended per partition loses its constexprs (tried).
+    # warp_specialize passes a tuple of runtime values through to a partition, and a tuple of constexprs only as a
+    # constexpr value; each consumer warpgroup's index must be a constexpr too (a literal is not passed through).
+    consumer_args = (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
+                     cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
+                     heads_per_section, num_tiles, window_left, window_right, softcap_scale)
+    consumer_meta: gl.constexpr = (BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP,
+                                   HAS_SINK, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)
+    producer_args = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter, cu_seqlens_q,
+                     cu_seqlens_k, seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, group_size,
+                     heads_per_section, num_tiles, window_left, window_right)
+    producer_meta: gl.constexpr = (BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SCHEDULER, VARLEN)
     WG0: gl.constexpr = 0
     WG1: gl.constexpr = 1
     WG2: gl.constexpr = 2
     if CONSUMERS == 3:
-        gl.warp_specialize([
-            (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
-                     cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
-                     heads_per_section, num_tiles, window_left, window_right, softcap_scale, WG0, BLOCK_M, BLOCK_N,
-                     HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
-                     RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
-            (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
-                     cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
-                     heads_per_section, num_tiles, window_left, window_right, softcap_scale, WG1, BLOCK_M, BLOCK_N,
-                     HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
-                     RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
-            (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
-                     cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
-                     heads_per_section, num_tiles, window_left, window_right, softcap_scale, WG2, BLOCK_M, BLOCK_N,
-                     HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
-                     RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
-            (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
-                     cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total,
-                     group_size, heads_per_section, num_tiles, window_left, window_right, BLOCK_M, BLOCK_N,
-                     K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SCHEDULER, VARLEN)),
-        ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
+        gl.warp_specialize([(_consumer, (consumer_args, WG0, consumer_meta)),
+                            (_consumer, (consumer_args, WG1, consumer_meta)),
+                            (_consumer, (consumer_args, WG2, consumer_meta)),
+                            (_producer, (producer_args, producer_meta))],
+                           [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
     else:
-        gl.warp_specialize([
-            (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
-                     cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
-                     heads_per_section, num_tiles, window_left, window_right, softcap_scale, WG0, BLOCK_M, BLOCK_N,
-                     HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
-                     RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
-            (_consumer, (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
-                     cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
-                     heads_per_section, num_tiles, window_left, window_right, softcap_scale, WG1, BLOCK_M, BLOCK_N,
-                     HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
-                     RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)),
-            (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter,
-                     cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total,
-                     group_size, heads_per_section, num_tiles, window_left, window_right, BLOCK_M, BLOCK_N,
-                     K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SCHEDULER, VARLEN)),
-        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+        gl.warp_specialize([(_consumer, (consumer_args, WG0, consumer_meta)),
+                            (_consumer, (consumer_args, WG1, consumer_meta)),
+                            (_producer, (producer_args, producer_meta))],
+                           [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
 # --------------------------------------------------------------------------------------------------
