@@ -555,18 +555,17 @@ def _fused_dq(t, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, BLOCK
 
 
 @gluon.jit
-def _dkdv_own_keys(k_smem, v_smem, q_smem, do_smem, pds_smem, lse_smem, delta_smem, fused, dk_desc, dv_desc,
-                   dk_ptr, dv_ptr, bars, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale,
-                   seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right, WARPGROUP: gl.constexpr,
-                   BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-                   LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
-                   VARLEN: gl.constexpr, st_layout: gl.constexpr, acc_layout: gl.constexpr,
-                   FUSED_DQ: gl.constexpr):
+def _dkdv_own_keys(args, WARPGROUP: gl.constexpr, meta: gl.constexpr):
     """Key split: keys [64 WARPGROUP, 64 WARPGROUP + 64) of the CTA's 128, with all four GEMMs of every tile:
     S^T = K Q^T and dP^T = V dO^T, P^T and dS^T into this warpgroup's shared-memory slot of the tile (two slots,
     alternating), then dV += P^T dO and dK += dS^T Q issued with the next tile's S^T and dP^T, so the exp2 of one
     tile runs under the other GEMMs. FUSED_DQ: once both warpgroups' dS^T of a tile are in, warpgroup 0 also adds
-    its dQ = dS K (`_fused_dq`). Stores dV and scale * dK."""
+    its dQ = dS K (`_fused_dq`). Stores dV and scale * dK. Arguments as one runtime and one constexpr tuple (see
+    sm90_attn_bwd_dkdv_kernel)."""
+    (k_smem, v_smem, q_smem, do_smem, pds_smem, lse_smem, delta_smem, fused, dk_desc, dv_desc, dk_ptr, dv_ptr, bars,
+     cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size,
+     window_left, window_right) = args
+    BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout, acc_layout, FUSED_DQ = meta
     kv_ready, qdo_ready, qdo_empty = bars
     dtype: gl.constexpr = k_smem.dtype
     ROWS: gl.constexpr = k_smem.shape[0] // 2  # one wgmma M
@@ -706,17 +705,17 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
         vec_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
         lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], vec_layout)
         delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], vec_layout)
+        # a partition gets a tuple of runtime values and one of constexprs (a constexpr tuple) as one argument each
+        own_keys_args = (k_smem, v_smem, q_smem, do_smem, pds, lse_smem, delta_smem, fused, dk_desc, dv_desc, dk_ptr,
+                         dv_ptr, ring, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale, seqlen_q,
+                         seqlen_k, num_kv_heads, group_size, window_left, window_right)
+        own_keys_meta: gl.constexpr = (BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN,
+                                       st_layout, acc_layout, FUSED_DQ)
+        WG0: gl.constexpr = 0
+        WG1: gl.constexpr = 1
         gl.warp_specialize([
-            (_dkdv_own_keys, (k_smem, v_smem, q_smem, do_smem, pds, lse_smem, delta_smem, fused, dk_desc, dv_desc,
-                              dk_ptr, dv_ptr, ring, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale,
-                              softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
-                              0, BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout,
-                              acc_layout, FUSED_DQ)),
-            (_dkdv_own_keys, (k_smem, v_smem, q_smem, do_smem, pds, lse_smem, delta_smem, fused, dk_desc, dv_desc,
-                              dk_ptr, dv_ptr, ring, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale,
-                              softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
-                              1, BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout,
-                              acc_layout, FUSED_DQ)),
+            (_dkdv_own_keys, (own_keys_args, WG0, own_keys_meta)),
+            (_dkdv_own_keys, (own_keys_args, WG1, own_keys_meta)),
             (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, ring, cu_seqlens_q,
                               cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
                               (lse_smem, delta_smem), lse_ptr, delta_ptr, total_q,
