@@ -711,11 +711,9 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
                          seqlen_k, num_kv_heads, group_size, window_left, window_right)
         own_keys_meta: gl.constexpr = (BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN,
                                        st_layout, acc_layout, FUSED_DQ)
-        WG0: gl.constexpr = 0
-        WG1: gl.constexpr = 1
         gl.warp_specialize([
-            (_dkdv_own_keys, (own_keys_args, WG0, own_keys_meta)),
-            (_dkdv_own_keys, (own_keys_args, WG1, own_keys_meta)),
+            (_dkdv_own_keys, (own_keys_args, 0, own_keys_meta)),
+            (_dkdv_own_keys, (own_keys_args, 1, own_keys_meta)),
             (_dkdv_producer, (q_desc, do_desc, k_desc, v_desc, k_smem, v_smem, q_smem, do_smem, ring, cu_seqlens_q,
                               cu_seqlens_k, seqlen_q, seqlen_k, num_kv_heads, group_size, window_left, window_right,
                               (lse_smem, delta_smem), lse_ptr, delta_ptr, total_q,

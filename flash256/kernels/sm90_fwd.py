@@ -517,7 +517,7 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_pt
     bars = (q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty)
 
     # warp_specialize passes a tuple of runtime values through to a partition, and a tuple of constexprs only as a
-    # constexpr value; each consumer warpgroup's index must be a constexpr too (a literal is not passed through).
+    # constexpr value (a plain tuple would turn them into runtime values): one of each per partition.
     consumer_args = (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
                      cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
                      heads_per_section, num_tiles, window_left, window_right, softcap_scale)
@@ -527,18 +527,15 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_pt
                      cu_seqlens_k, seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, group_size,
                      heads_per_section, num_tiles, window_left, window_right)
     producer_meta: gl.constexpr = (BLOCK_M, BLOCK_N, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SCHEDULER, VARLEN)
-    WG0: gl.constexpr = 0
-    WG1: gl.constexpr = 1
-    WG2: gl.constexpr = 2
     if CONSUMERS == 3:
-        gl.warp_specialize([(_consumer, (consumer_args, WG0, consumer_meta)),
-                            (_consumer, (consumer_args, WG1, consumer_meta)),
-                            (_consumer, (consumer_args, WG2, consumer_meta)),
+        gl.warp_specialize([(_consumer, (consumer_args, 0, consumer_meta)),
+                            (_consumer, (consumer_args, 1, consumer_meta)),
+                            (_consumer, (consumer_args, 2, consumer_meta)),
                             (_producer, (producer_args, producer_meta))],
                            [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
     else:
-        gl.warp_specialize([(_consumer, (consumer_args, WG0, consumer_meta)),
-                            (_consumer, (consumer_args, WG1, consumer_meta)),
+        gl.warp_specialize([(_consumer, (consumer_args, 0, consumer_meta)),
+                            (_consumer, (consumer_args, 1, consumer_meta)),
                             (_producer, (producer_args, producer_meta))],
                            [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
