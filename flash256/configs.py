@@ -88,8 +88,8 @@ PREPROCESS_BLOCK_M = 64
 
 # exp2 emulation (flash256.ex2): eighths of each forward score tile whose exp2 runs as an FMA
 # polynomial instead of MUFU.EX2, per (head_dim, causal). Overridden by the
-# `exp2_poly_fraction` argument or FLASH256_EXP2_POLY_FRACTION. 0 everywhere until the H100
-# sweep (BENCHMARKS.md) shows a gain; the backward always uses the hardware exp2.
+# `exp2_poly_fraction` argument or FLASH256_EXP2_POLY_FRACTION. 0 everywhere: the H100 and H200 sweeps
+# (BENCHMARKS.md, 0..7/8 at d 64/128/256) found no gain; the backward always uses the hardware exp2.
 EXP2_POLY_EIGHTHS: dict[tuple[int, bool], int] = {}
 
 
