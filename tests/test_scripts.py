@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import textwrap
 
 SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
 
@@ -27,15 +28,18 @@ def test_fwd_probe_patches_apply_to_the_shipped_forward():
 
 
 def test_fwd_probe_patched_kernels_compile():
-    """Every patched forward still compiles for sm_90a (d=256: plain, causal, causal with a window): a patch whose
-    replacement names something the kernel no longer has fails here, not on the GPU (a constexpr branch is traced
-    only where it is taken, hence the window). In a child process without the interpreter."""
-    code = ("import sys; sys.path.insert(0, 'scripts'); import fwd_probe\n"
-            "for name in fwd_probe.PATCHES:\n"
-            "    module = fwd_probe.module_for(name)\n"
-            "    for causal, window in ((False, False), (True, False), (True, True)):\n"
-            "        module.compile_sm90(module.CONFIG_D256, causal, left_bounded=window)\n"
-            "    print(name, 'ok')\n")
+    """Every patched forward still compiles for sm_90a (every head dim; d=256 causal, with a window too): a
+    patch whose replacement names something the kernel no longer has fails here, not on the GPU (a constexpr
+    branch is traced only where it is taken, hence the window). In a child process without the interpreter."""
+    code = textwrap.dedent("""
+        import sys; sys.path.insert(0, "scripts"); import fwd_probe
+        for name in fwd_probe.PATCHES:
+            module = fwd_probe.module_for(name)
+            builds = [(cfg, False, False) for cfg in module.CONFIGS.values()]
+            for cfg, causal, window in builds + [(module.CONFIG_D256, True, False), (module.CONFIG_D256, True, True)]:
+                module.compile_sm90(cfg, causal, left_bounded=window)
+            print(name, "ok")
+        """)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=SCRIPTS.parent, env=env, capture_output=True,
                           text=True, timeout=900)
