@@ -12,7 +12,8 @@ name=$1 regex=$2; shift 2
 DETAILS="Duration|SM Frequency|SM: Pipe|SM: Inst Executed Pipe|SM: Issue|Issue Slots|Ipc|Stall"
 DETAILS+="|Memory Throughput|Max Bandwidth|Mem Busy|L2 Hit|L1/TEX Hit|DRAM Throughput"
 timeout 150 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SourceCounters \
-    --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis -k "regex:$regex" --launch-skip 1 --launch-count 1 -f -o "$TMP/$name" \
+    --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+    -k "regex:$regex" --launch-skip 1 --launch-count 1 -f -o "$TMP/$name" \
     python3 scripts/ncu_probe.py "$@" > "$TMP/$name.log" 2>&1 || tail -5 "$TMP/$name.log"
 { ncu -i "$TMP/$name.ncu-rep" --page details --print-details all 2>&1 \
       | grep -E "$DETAILS" ;
