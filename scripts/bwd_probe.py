@@ -19,7 +19,6 @@ memory placement hit them alike.
 import pathlib
 import subprocess
 import sys
-import tempfile
 import time
 
 import torch
@@ -30,7 +29,8 @@ import flash256  # noqa: E402
 from flash256 import dispatch  # noqa: E402
 from flash256.bench.timing import Timer  # noqa: E402
 from flash256.testing import accuracy_check, reference_results  # noqa: E402
-from variants import probe_module, tflops  # noqa: E402  (scripts/variants.py, beside this file)
+import variants  # noqa: E402  (scripts/variants.py, beside this file)
+from variants import probe_module, tflops  # noqa: E402
 
 SOURCE = (ROOT / "flash256/kernels/sm90_bwd.py").read_text()
 DETERMINISTIC = False
@@ -39,25 +39,10 @@ CASES = ([(256, c, s) for s in (1024, 4096, 16384) for c in (False, True)]
          + [(d, c, s) for d in (128, 64) for s in (2048, 8192) for c in (False, True)])
 
 
-def patch_chain(patch):
-    """The patch and the ones it is written on top of: a first line `on top of: NAME` names the patch (beside it)
-    that must be applied before it, so a variant of a variant is stored as its difference."""
-    chain = [pathlib.Path(patch).resolve()]
-    while (first := chain[0].read_text().split("\n", 1)[0]).startswith("on top of: "):
-        chain.insert(0, chain[0].parent / first.removeprefix("on top of: ").strip())
-    return chain
-
-
 def patched_source(patch):
-    """sm90_bwd.py with a unified diff (paths a/flash256/kernels/sm90_bwd.py) applied,
-    after the ones it is written on top of (`patch_chain`)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        target = pathlib.Path(tmp, "flash256/kernels/sm90_bwd.py")
-        target.parent.mkdir(parents=True)
-        target.write_text(SOURCE)
-        for step in patch_chain(patch):
-            subprocess.run(["git", "apply", str(step)], cwd=tmp, check=True)
-        return target.read_text()
+    """sm90_bwd.py with a unified diff (paths a/flash256/kernels/sm90_bwd.py) applied, after the ones it is
+    written on top of (variants.patch_chain)."""
+    return variants.patched_source("sm90_bwd.py", SOURCE, patch)
 
 
 def module_for(variant):

@@ -15,8 +15,8 @@
 Times `sm90_forward` (bf16, 32k tokens, 2048 // d heads: d=256 at 4k and 16k, d=128 and d=64 at 8k; causal
 and not) for variants of the kernel built from its source with one change each, in one process:
   base      the kernel as shipped
-  name=path another version of sm90_fwd.py (first checked against the reference: d 64/128/256, causal
-            both, ragged and unequal seqlens, GQA)
+  name=path another version of sm90_fwd.py, or a unified diff against it (`.patch`, as bwd_probe.py takes;
+            first checked against the reference: d 64/128/256, causal both, ragged and unequal seqlens, GQA)
   hot       the producer loads K/V block j % 2 instead of j: the same TMA traffic, but always L2 hits
   noload    the producer arrives on the ready barriers without loading: no K/V traffic at all, same sync
 Timing probes only: `hot` and `noload` compute garbage. While each 16k case runs, nvidia-smi samples the
@@ -33,7 +33,7 @@ import triton
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from flash256.kernels.sm90_fwd import SCHEDULERS  # noqa: E402
-from variants import probe_module, tflops  # noqa: E402  (scripts/variants.py, beside this file)
+from variants import patched_source, probe_module, tflops  # noqa: E402  (scripts/variants.py, beside this file)
 SOURCE = (ROOT / "flash256/kernels/sm90_fwd.py").read_text()
 
 LOAD_K = "tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + j * BLOCK_N, kv_h, 0],"
@@ -62,7 +62,10 @@ PATCHES = {
 
 def module_for(variant):
     variant, _, path = variant.partition("=")
-    source = pathlib.Path(path).read_text() if path else SOURCE
+    if path.endswith(".patch"):
+        source = patched_source("sm90_fwd.py", SOURCE, path)
+    else:
+        source = pathlib.Path(path).read_text() if path else SOURCE
     for old, new in PATCHES.get(variant, []):
         assert old in source, (variant, old)
         source = source.replace(old, new)

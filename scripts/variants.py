@@ -15,7 +15,9 @@ half), backward 2.5x that.
 import dataclasses
 import importlib
 import pathlib
+import subprocess
 import sys
+import tempfile
 
 import torch
 import triton
@@ -28,6 +30,27 @@ SHIPPED = {"fwd": (sm90_fwd.CONFIGS, dict(sm90_fwd.CONFIGS)),
            "bwd": (sm90_bwd.DKDV_CONFIGS, dict(sm90_bwd.DKDV_CONFIGS))}
 CASES = [(256, c, s) for c in (False, True) for s in (1024, 4096, 16384)] + \
         [(d, c, 8192) for d in (128, 64) for c in (False, True)]
+
+
+def patch_chain(patch):
+    """The patch and the ones it is written on top of: a first line `on top of: NAME` names the patch (beside it)
+    that must be applied before it, so a variant of a variant is stored as its difference."""
+    chain = [pathlib.Path(patch).resolve()]
+    while (first := chain[0].read_text().split("\n", 1)[0]).startswith("on top of: "):
+        chain.insert(0, chain[0].parent / first.removeprefix("on top of: ").strip())
+    return chain
+
+
+def patched_source(module_path, source, patch):
+    """`source`, the text of flash256/kernels/<module_path>, with a unified diff (paths a/flash256/kernels/...)
+    applied after the ones it is written on top of (`patch_chain`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        target = pathlib.Path(tmp, "flash256/kernels", module_path)
+        target.parent.mkdir(parents=True)
+        target.write_text(source)
+        for step in patch_chain(patch):
+            subprocess.run(["git", "apply", str(step)], cwd=tmp, check=True)
+        return target.read_text()
 
 
 def probe_module(name, source):

@@ -28,23 +28,27 @@ def test_fwd_probe_patches_apply_to_the_shipped_forward():
 
 
 def test_fwd_probe_patched_kernels_compile():
-    """Every patched forward still compiles for sm_90a (every head dim; d=256 causal, with a window too): a
-    patch whose replacement names something the kernel no longer has fails here, not on the GPU (a constexpr
-    branch is traced only where it is taken, hence the window). In a child process without the interpreter."""
+    """Every patched forward (fwd_probe's PATCHES and the diffs stored in scripts/patches/) still applies and
+    compiles for sm_90a (every head dim; d=256 causal, with a window too): a patch whose replacement names something
+    the kernel no longer has fails here, not on the GPU (a constexpr branch is traced only where it is taken, hence
+    the window). In a child process without the interpreter."""
     code = textwrap.dedent("""
-        import sys; sys.path.insert(0, "scripts"); import fwd_probe
-        for name in fwd_probe.PATCHES:
+        import pathlib, sys; sys.path.insert(0, "scripts"); import fwd_probe
+        stored = [f"{p.stem}={p}" for p in sorted(pathlib.Path("scripts/patches").glob("sm90_fwd_*.patch"))]
+        for name in list(fwd_probe.PATCHES) + stored:
             module = fwd_probe.module_for(name)
             builds = [(cfg, False, False) for cfg in module.CONFIGS.values()]
             for cfg, causal, window in builds + [(module.CONFIG_D256, True, False), (module.CONFIG_D256, True, True)]:
                 module.compile_sm90(cfg, causal, left_bounded=window)
-            print(name, "ok")
+            print(name.partition("=")[0], "ok")
         """)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=SCRIPTS.parent, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.split() == [w for name in _script("fwd_probe").PATCHES for w in (name, "ok")], proc.stdout
+    stored = [p.stem for p in sorted((SCRIPTS / "patches").glob("sm90_fwd_*.patch"))]
+    names = list(_script("fwd_probe").PATCHES) + stored
+    assert proc.stdout.split() == [w for name in names for w in (name, "ok")], proc.stdout
 
 
 def test_bwd_probe_applies_backward_patches(tmp_path):
@@ -64,7 +68,7 @@ def test_bwd_probe_applies_backward_patches(tmp_path):
     delta = tmp_path / "variant_wider.patch"
     delta.write_text("on top of: variant.patch\n" + "".join(difflib.unified_diff(
         new, newer, "a/flash256/kernels/sm90_bwd.py", "b/flash256/kernels/sm90_bwd.py")))
-    assert probe.patch_chain(delta) == [diff.resolve(), delta.resolve()]
+    assert _script("variants").patch_chain(delta) == [diff.resolve(), delta.resolve()]
     assert probe.patched_source(delta) == "".join(newer)
     for patch in sorted((SCRIPTS / "patches").glob("sm90_bwd_*.patch")):
         patched = probe.patched_source(patch)
