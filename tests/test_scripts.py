@@ -107,3 +107,18 @@ def test_bwd_probe_times_only_variants_whose_check_finished(monkeypatch, capsys)
     out = capsys.readouterr().out
     assert "wrong=probe.patch: FAIL" in out and "hangs: HANG" in out and "crashes: crashed" in out
     assert "RuntimeError: boom" in out
+
+
+def test_sass_fingerprint_compare_names_the_changed_builds(tmp_path, monkeypatch, capsys):
+    """`compare` exits 1 and names every build whose SASS hash moved (or that appeared or went); 0 when all match."""
+    tool = _script("sass_fingerprint")
+    saved = tmp_path / "before.json"
+    monkeypatch.setattr(tool, "fingerprints", lambda: {"fwd a": "1", "fwd b": "2", "bwd c": "3"})
+    assert tool.main(["save", str(saved)]) == 0
+    assert tool.main(["compare", str(saved)]) == 0
+    assert "3 builds identical, 0 changed" in capsys.readouterr().out
+    monkeypatch.setattr(tool, "fingerprints", lambda: {"fwd a": "1", "fwd b": "9", "bwd d": "4"})
+    assert tool.main(["compare", str(saved)]) == 1
+    out = capsys.readouterr().out
+    assert "changed: fwd b" in out and "only before: bwd c" in out and "only now: bwd d" in out
+    assert "1 builds identical, 1 changed" in out
