@@ -47,7 +47,7 @@ def patched_source(patch):
 
 def module_for(variant):
     name, _, path = variant.partition("=")
-    source = (patched_source(path) if path.endswith(".patch") else pathlib.Path(path).read_text()) if path else SOURCE
+    source = variants.variant_source("sm90_bwd.py", SOURCE, path)
     return probe_module(f"bwd_{name}", source)
 
 

@@ -33,7 +33,7 @@ import triton
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from flash256.kernels.sm90_fwd import SCHEDULERS  # noqa: E402
-from variants import patched_source, probe_module, tflops  # noqa: E402  (scripts/variants.py, beside this file)
+from variants import probe_module, tflops, variant_source  # noqa: E402  (scripts/variants.py, beside this file)
 SOURCE = (ROOT / "flash256/kernels/sm90_fwd.py").read_text()
 
 LOAD_K = "tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + j * BLOCK_N, kv_h, 0],"
@@ -62,10 +62,7 @@ PATCHES = {
 
 def module_for(variant):
     variant, _, path = variant.partition("=")
-    if path.endswith(".patch"):
-        source = patched_source("sm90_fwd.py", SOURCE, path)
-    else:
-        source = pathlib.Path(path).read_text() if path else SOURCE
+    source = variant_source("sm90_fwd.py", SOURCE, path)
     for old, new in PATCHES.get(variant, []):
         assert old in source, (variant, old)
         source = source.replace(old, new)

@@ -53,6 +53,14 @@ def patched_source(module_path, source, patch):
         return target.read_text()
 
 
+def variant_source(module_path, source, path):
+    """A variant's text of flash256/kernels/<module_path> (shipped text `source`): the shipped one for no path, a
+    `.patch` applied to it (`patched_source`), or another version of the file."""
+    if not path:
+        return source
+    return patched_source(module_path, source, path) if path.endswith(".patch") else pathlib.Path(path).read_text()
+
+
 def probe_module(name, source):
     """Import `source`, a version of a flash256/kernels module, as flash256.kernels._probe_<name> (git-ignored),
     so that its relative imports resolve to the shipped package."""
