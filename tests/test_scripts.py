@@ -51,6 +51,26 @@ def test_fwd_probe_patched_kernels_compile():
     assert proc.stdout.split() == [w for name in names for w in (name, "ok")], proc.stdout
 
 
+def test_l2_stream_probe_builds_for_sm90():
+    """The L2 streaming probe's kernel compiles for sm_90a and issues its tile loads through TMA into a ring that
+    fits shared memory (2 and 3 stages of 64 KB)."""
+    code = textwrap.dedent("""
+        import sys; sys.path.insert(0, "scripts"); import l2_stream_probe
+        from flash256.kernels.compile_target import dump_sass
+        for stages in (2, 3):
+            compiled = l2_stream_probe.compile_sm90(stages)
+            print(stages, compiled.metadata.shared, "UTMALDG" in dump_sass(compiled))
+        """)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=SCRIPTS.parent, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert [row[0] for row in rows] == ["2", "3"] and all(row[2] == "True" for row in rows), proc.stdout
+    for stages, shared, _ in rows:
+        assert int(stages) * 2 * 64 * 256 * 2 <= int(shared) <= 232448, rows
+
+
 def test_bwd_probe_applies_backward_patches(tmp_path):
     """bwd_probe takes a variant as a unified diff against sm90_bwd.py, or against another such diff named on its
     first line: diffs made here apply, and so does every one stored under scripts/patches/ for a coming device call
