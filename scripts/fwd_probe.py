@@ -10,7 +10,7 @@
     python scripts/fwd_probe.py --small-all [variant ...]    the same at 1k, 2k and 8k
       (every mode but the first: variants interleaved on the same tensors, two rounds, 250 ms
        warm-up; q0 = the kernel without Q in registers, static / dynamic = that persistent scheduler
-       where "single" is the default, d128w3 = d=128 with three consumer warpgroups, 192 x 64 tiles)
+       where "single" is the default)
 
 Times `sm90_forward` (bf16, 32k tokens, 2048 // d heads: d=256 at 4k and 16k, d=128 and d=64 at 8k; causal
 and not) for variants of the kernel built from its source with one change each, in one process:
@@ -52,11 +52,6 @@ PATCHES = {
     "static": [('kv_bytes > L2_SECTION_BYTES else "single"', 'kv_bytes > L2_SECTION_BYTES else "static"')],
     # the dynamic persistent scheduler (atomic tile counter) where "single" is the default
     "dynamic": [('kv_bytes > L2_SECTION_BYTES else "single"', 'kv_bytes > L2_SECTION_BYTES else "dynamic"')],
-    # d=128 with three consumer warpgroups, as d=64 ships: 192 x 64 tiles (O 64 + S 32 + P 16 registers of 160;
-    # Q 48 KB + K/V 3 + 3 x 16 KB; spill-free on the CPU compile)
-    "d128w3": [("CONFIG_D128 = Sm90FwdConfig(head_dim=128, block_n=128, k_stages=2, v_stages=2)",
-                "CONFIG_D128 = Sm90FwdConfig(head_dim=128, block_n=64, k_stages=3, v_stages=3, "
-                "block_m=3 * WARPGROUP_ROWS, consumer_regs=160)")],
 }
 
 

@@ -10,9 +10,11 @@ warp-specialized partitions:
     A operand of the PV wgmma; the QK^T of block j+1 is issued before the softmax of block j
     (FA3's intra-warpgroup overlap), so the tensor cores work while the warpgroup does exp2.
 
-O is staged through the consumer's own Q piece of shared memory (Q is dead by then) and written with
-a TMA store, which clips rows beyond seqlen_q; TMA loads zero-fill beyond seqlen_q / seqlen_k. In
-causal and windowed tiles, blocks that only other warpgroups can see are released unread.
+O is staged in shared memory and written with a TMA store, which clips rows beyond seqlen_q: at d <= 128
+in a buffer of its own, so each warpgroup frees its Q after the tile's last QK^T and a persistent CTA loads
+the next tile's Q under the last PV; at d=256, with no room for that, in the warpgroup's own (dead) Q.
+TMA loads zero-fill beyond seqlen_q / seqlen_k. In causal and windowed tiles, blocks that only other
+warpgroups can see are released unread.
 
 Conventions: q (B, Sq, H, D), k/v (B, Sk, Hkv, D); out (B, Sq, H, D); lse (H, B*Sq) float32, natural
 log. Causal masking and sliding windows are bottom-right aligned (sm90_masking.py): query i sees key j
@@ -72,11 +74,15 @@ class Sm90FwdConfig(WarpSpecializedResources):
     # over those columns, SS over the rest), to spare shared-memory reads (and their energy); 0 = all SS.
     # On at d=256 (128 columns); d=128 with all of Q measured 0 to -3% (NOTES.md).
     q_reg_cols: int = 0
+    # O staged for its TMA store in a buffer of its own instead of the warpgroup's dead Q: each warpgroup then
+    # releases its Q right after the tile's last QK^T, and a persistent CTA's producer loads the next tile's Q
+    # under the last PV and the epilogue instead of after the O store.
+    o_stage: bool = False
     consumer_regs: int = 240  # setmaxnreg for each consumer warpgroup
     producer_regs: int = 24  # setmaxnreg for the producer warp (rounded up to a warpgroup)
     elem_bytes: int = 2  # fp16 / bf16
 
-    # Shared memory (bytes). O is staged in the Q buffer for its TMA store: no extra buffer.
+    # Shared memory (bytes). O is staged for its TMA store in the Q buffer, or with o_stage in one of its own.
     @property
     def smem_q(self) -> int:
         return self.block_m * self.head_dim * self.elem_bytes
@@ -86,13 +92,17 @@ class Sm90FwdConfig(WarpSpecializedResources):
         return (self.k_stages + self.v_stages) * self.block_n * self.head_dim * self.elem_bytes
 
     @property
+    def smem_o(self) -> int:
+        return self.smem_q if self.o_stage else 0
+
+    @property
     def smem_barriers(self) -> int:
         # ready + empty per K stage and per V stage, 4 for the Q halves (ready/empty), 2 for the tile id
         return 8 * (2 * (self.k_stages + self.v_stages) + 4 + 2)
 
     @property
     def smem_total(self) -> int:
-        return self.smem_q + self.smem_kv + self.smem_barriers + 16  # + tile-id slot
+        return self.smem_q + self.smem_kv + self.smem_o + self.smem_barriers + 16  # + tile-id slot
 
     # fp32 registers per consumer thread (128 threads per warpgroup, 64 rows each)
     @property
@@ -118,7 +128,8 @@ class Sm90FwdConfig(WarpSpecializedResources):
     def describe(self) -> str:
         return (f"d{self.head_dim}_m{self.block_m}_n{self.block_n}_k{self.k_stages}v{self.v_stages}"
                 f"_r{self.rescale_threshold:g}" + (f"_qr{self.q_reg_cols}" if self.q_reg_cols else "") +
-                f" smem={self.smem_total}B (Q {self.smem_q} + KV {self.smem_kv}) "
+                ("_ostage" if self.o_stage else "") +
+                f" smem={self.smem_total}B (Q {self.smem_q} + KV {self.smem_kv} + O {self.smem_o}) "
                 f"regs/thread O={self.regs_o} S={self.regs_s} P={self.regs_p}" +
                 (f" Q={self.regs_q}" if self.q_reg_cols else ""))
 
@@ -135,16 +146,18 @@ class Sm90FwdConfig(WarpSpecializedResources):
 # +2-6% on the H200 with the split key loops (NOTES.md); it spilled before the masks stopped keeping column
 # indices live. All 256 columns spill.
 CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, k_stages=2, v_stages=2, q_reg_cols=128)
-# d=128: Q 32 KB + K 2x32 KB + V 2x32 KB = 160 KB. Registers: O 64 + S 64 + P 32 = 160.
-CONFIG_D128 = Sm90FwdConfig(head_dim=128, block_n=128, k_stages=2, v_stages=2)
+# d=128: Q 32 KB + K 2x32 KB + V 2x32 KB + O 32 KB = 192 KB. Registers: O 64 + S 64 + P 32 = 160. O staged apart
+# from Q (o_stage; d=256 has no room for it): H100 +1-3% at 1k-2k, +6% at 1k causal, level at 8k (NOTES.md).
+CONFIG_D128 = Sm90FwdConfig(head_dim=128, block_n=128, k_stages=2, v_stages=2, o_stage=True)
 # d=64: three consumer warpgroups (FA3's 192-row tile): every K/V byte feeds 192 query rows, and a third
 # warpgroup's softmax and wgmmas fill the gaps of the other two (d=64 does 4x d=256's exp2 per FLOP and ran with
-# both the tensor and the MUFU pipe ~50% busy: latency-bound). Q 24 KB + K 3x16 KB + V 3x16 KB = 120 KB.
+# both the tensor and the MUFU pipe ~50% busy: latency-bound). Q 24 KB + K 3x16 KB + V 3x16 KB + O 24 KB = 144 KB.
 # Registers: O 32 + S 64 + P 32 = 128 of 160 (3 x 160 + 24 per thread of each warpgroup fill the register
 # file). H100, with the dynamic scheduler: +4-11% over the previous default (two warpgroups, one tile per CTA)
-# at 1k-8k; against two warpgroups with the same scheduler +3-13%, except 1k causal (-8%) (NOTES.md).
+# at 1k-8k; against two warpgroups with the same scheduler +3-13%, except 1k causal (-8%); O staged apart from Q
+# +2-5% at 1k-2k (NOTES.md).
 CONFIG_D64 = Sm90FwdConfig(head_dim=64, block_n=128, k_stages=3, v_stages=3, block_m=3 * WARPGROUP_ROWS,
-                           consumer_regs=160)
+                           consumer_regs=160, o_stage=True)
 
 CONFIGS = {cfg.head_dim: cfg for cfg in (CONFIG_D256, CONFIG_D128, CONFIG_D64)}
 for _cfg in CONFIGS.values():
@@ -334,11 +347,11 @@ def _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, K_STAGES: gl.co
 @gluon.jit
 def _consumer(args, WG: gl.constexpr, meta: gl.constexpr):
     # runtime arguments and constexprs arrive as one tuple each (see sm90_attn_fwd_kernel)
-    (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q, cu_seqlens_k, qk_scale,
-     seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles, window_left,
-     window_right, softcap_scale) = args
+    (q_smem, o_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q, cu_seqlens_k,
+     qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total, heads_per_section, num_tiles,
+     window_left, window_right, softcap_scale) = args
     (BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, HAS_SINK, SCHEDULER,
-     RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS) = meta
+     RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS, O_STAGE) = meta
     q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, tile_ready, tile_empty = bars
     WG_ROWS: gl.constexpr = 64
     dtype: gl.constexpr = q_smem.dtype
@@ -433,16 +446,20 @@ def _consumer(args, WG: gl.constexpr, meta: gl.constexpr):
                         j, kv_iter, o, p, m_i, l_i, grow, q_buf, q_op, ring, rows, qk_scale, softcap_scale, True,
                         s_layout, p_layout, o_rows, WG_ROWS, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED,
                         RIGHT_BOUNDED, SOFTCAP, RESCALE_THRESHOLD, POLY_EIGHTHS, Q_REG_COLS)
+            if O_STAGE:  # the last QK^T has read Q: the next tile's may load under the last PV
+                mbarrier.arrive(q_empty.index(WG))
             last_stage = (kv_iter - 1) % V_STAGES
             mbarrier.wait(v_ready.index(last_stage), ((kv_iter - 1) // V_STAGES) & 1)
             o = warpgroup_mma(p, v_smem.index(last_stage), o, is_async=True)
             o, p = warpgroup_mma_wait(0, deps=(o, p))
             mbarrier.arrive(v_empty.index(last_stage))
+        elif O_STAGE:
+            mbarrier.arrive(q_empty.index(WG))
         for j in range(hi, tile_hi):
             kv_iter = _release_unread(k_ready, k_empty, v_ready, v_empty, kv_iter, K_STAGES, V_STAGES)
 
-        # Epilogue: normalise, write lse, stage O in this warpgroup's (now dead) Q half and store it
-        # (sm90_rows.store_tile: rows past the sequence are not written); then the producer may reload Q.
+        # Epilogue: normalise, write lse, stage O in this warpgroup's O buffer (O_STAGE) or its now dead Q and store
+        # it (sm90_rows.store_tile: rows past the sequence are not written); then the producer may reload that Q.
         m_row = m_i * qk_scale  # the row max in base-2 units (-inf: the row saw no key)
         if HAS_SINK:
             # the sink's logit joins the denominator: rescale to max(row max, sink), add its term
@@ -461,10 +478,11 @@ def _consumer(args, WG: gl.constexpr, meta: gl.constexpr):
         rows = row_start + gl.arange(0, WG_ROWS, s_rows)
         # int32 offset: H * total_q < 2^31 whenever q fits in memory; an int64 one spilled at d=256
         gl.store(lse_ptr + (h * total_q + q_flat) + rows, lse, mask=rows < q_len)
-        store_tile(o.to(dtype), q_buf, o_desc, o_ptr, num_heads * HEAD_DIM, q_batch, q_first, row_start, h, q_len,
-                   WG_ROWS, HEAD_DIM, 4, VARLEN)
+        store_tile(o.to(dtype), o_smem.index(WG), o_desc, o_ptr, num_heads * HEAD_DIM, q_batch, q_first, row_start,
+                   h, q_len, WG_ROWS, HEAD_DIM, 4, VARLEN)
         gl.thread_barrier()  # each warp finished its own stores; now all of them have
-        mbarrier.arrive(q_empty.index(WG))
+        if not O_STAGE:
+            mbarrier.arrive(q_empty.index(WG))
         tile_iter += 1
         tile = _consumer_next_tile(tile, tile_iter, num_tiles, tile_slot, tile_ready, tile_empty,
                                    SCHEDULER)
@@ -483,13 +501,17 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_pt
                          SOFTCAP: gl.constexpr, HAS_SINK: gl.constexpr, SCHEDULER: gl.constexpr,
                          RESCALE_THRESHOLD: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                          PRODUCER_REGS: gl.constexpr, POLY_EIGHTHS: gl.constexpr, VARLEN: gl.constexpr,
-                         Q_REG_COLS: gl.constexpr):
+                         Q_REG_COLS: gl.constexpr, O_STAGE: gl.constexpr):
     WG_ROWS: gl.constexpr = 64
     CONSUMERS: gl.constexpr = BLOCK_M // WG_ROWS
     dtype: gl.constexpr = q_desc.dtype
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([WG_ROWS, HEAD_DIM], dtype)
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, WG_ROWS, HEAD_DIM], q_layout)
+    if O_STAGE:
+        o_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, WG_ROWS, HEAD_DIM], q_layout)
+    else:
+        o_smem = q_smem
     k_smem = gl.allocate_shared_memory(dtype, [K_STAGES, BLOCK_N, HEAD_DIM], kv_layout)
     v_smem = gl.allocate_shared_memory(dtype, [V_STAGES, BLOCK_N, HEAD_DIM], kv_layout)
     tile_slot = gl.allocate_shared_memory(gl.int32, [128], gl.SwizzledSharedLayout(1, 1, 1, [0]))
@@ -518,11 +540,12 @@ def sm90_attn_fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, lse_ptr, sink_pt
 
     # warp_specialize passes a tuple of runtime values through to a partition, and a tuple of constexprs only as a
     # constexpr value (a plain tuple would turn them into runtime values): one of each per partition.
-    consumer_args = (q_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
+    consumer_args = (q_smem, o_smem, k_smem, v_smem, bars, tile_slot, o_desc, o_ptr, lse_ptr, sink_ptr, cu_seqlens_q,
                      cu_seqlens_k, qk_scale, seqlen_q, seqlen_k, total_q, num_m_blocks, num_heads, num_heads_total,
                      heads_per_section, num_tiles, window_left, window_right, softcap_scale)
     consumer_meta: gl.constexpr = (BLOCK_M, BLOCK_N, HEAD_DIM, K_STAGES, V_STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP,
-                                   HAS_SINK, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS)
+                                   HAS_SINK, SCHEDULER, RESCALE_THRESHOLD, POLY_EIGHTHS, VARLEN, Q_REG_COLS,
+                                   O_STAGE)
     producer_args = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, bars, tile_slot, tile_counter, cu_seqlens_q,
                      cu_seqlens_k, seqlen_q, seqlen_k, num_m_blocks, num_heads, num_heads_total, group_size,
                      heads_per_section, num_tiles, window_left, window_right)
@@ -679,7 +702,7 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
         num_m_blocks, num_heads_total, num_tiles, window_left, window_right, softcap_scale,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, K_STAGES=cfg.k_stages, V_STAGES=cfg.v_stages,
         SOFTCAP=softcap > 0, HAS_SINK=sink is not None, SCHEDULER=_SCHEDULER_IDS[sched],
-        RESCALE_THRESHOLD=cfg.rescale_threshold, Q_REG_COLS=cfg.q_reg_cols,
+        RESCALE_THRESHOLD=cfg.rescale_threshold, Q_REG_COLS=cfg.q_reg_cols, O_STAGE=cfg.o_stage,
         CONSUMER_REGS=cfg.consumer_regs,
         PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths, VARLEN=varlen, num_warps=4,
         maxnreg=cfg.launch_maxnreg, **mask_flags)
@@ -705,7 +728,7 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
                       K_STAGES=cfg.k_stages, V_STAGES=cfg.v_stages, LEFT_BOUNDED=left_bounded,
                       RIGHT_BOUNDED=bool(causal),
                       SOFTCAP=softcap, HAS_SINK=sink, SCHEDULER=_SCHEDULER_IDS[scheduler],
-                      RESCALE_THRESHOLD=cfg.rescale_threshold, Q_REG_COLS=cfg.q_reg_cols,
+                      RESCALE_THRESHOLD=cfg.rescale_threshold, Q_REG_COLS=cfg.q_reg_cols, O_STAGE=cfg.o_stage,
                       CONSUMER_REGS=cfg.consumer_regs,
                       PRODUCER_REGS=cfg.producer_regs, POLY_EIGHTHS=poly_eighths, VARLEN=varlen)
     signature = dict(q_desc=desc_sig(WARPGROUP_ROWS), k_desc=desc_sig(cfg.block_n), v_desc=desc_sig(cfg.block_n),
