@@ -49,7 +49,7 @@ fp32 with natural-log lse; dq/dk/dv in the input dtype.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -1156,8 +1156,9 @@ def inspect_cases(arch: int = 90):
                 dkdv_spills.get((causal, window, varlen, False), 0))
             add("sm90_bwd_dq", dq_cfg, what, lambda c=dq_cfg, kw=kwargs: compile_dq(c, **kw),
                 dq_spills.get((causal, window, varlen), 0))
-        if dkdv_cfg.fused_dq:
-            add("sm90_bwd_dkdv", dkdv_cfg, "causal=True deterministic",
-                lambda c=dkdv_cfg: compile_dkdv(c, True, deterministic=True),
+        if dkdv_cfg.fused_dq:  # labelled as built: without the dQ part and its staging buffer
+            unfused = replace(dkdv_cfg, fused_dq=False)
+            add("sm90_bwd_dkdv", unfused, "causal=True deterministic",
+                lambda c=unfused: compile_dkdv(c, True, deterministic=True),
                 dkdv_spills.get((True, False, False, True), 0))
     return cases
