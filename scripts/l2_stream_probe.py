@@ -14,6 +14,7 @@ L2 (H = 2 and 8) and one that does not (H = 32).
 
     python scripts/l2_stream_probe.py [STAGES]
 """
+import pathlib
 import sys
 
 import torch
@@ -22,7 +23,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
-sys.path.insert(0, ".")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository, from any directory
 from flash256.kernels.sm90_fwd import tma_descriptor  # noqa: E402
 
 ROWS = 64
