@@ -21,8 +21,10 @@ def qkv(shape_q=(1, 8, 2, 64), shape_kv=None, dtype=torch.float16, device=DEVICE
     (lambda q, k, v: (q, k[:1].expand(2, -1, -1, -1), v[:1].expand(2, -1, -1, -1)), ValueError, "batch size"),
     (lambda q, k, v: (q, k[..., :32], v[..., :32]), ValueError, "head_dim"),
     (lambda q, k, v: (q[..., :60], k[..., :60], v[..., :60]), ValueError, "head_dim must be a multiple of 8"),
-    (lambda q, k, v: (torch.randn(1, 8, 3, 64, dtype=q.dtype, device=q.device), k, v), ValueError, "multiple of nheads_kv"),
-    (lambda q, k, v: (q.transpose(2, 3).contiguous().transpose(2, 3), k, v), ValueError, "q must have a contiguous last dimension"),
+    (lambda q, k, v: (torch.randn(1, 8, 3, 64, dtype=q.dtype, device=q.device), k, v), ValueError,
+     "multiple of nheads_kv"),
+    (lambda q, k, v: (q.transpose(2, 3).contiguous().transpose(2, 3), k, v), ValueError,
+     "q must have a contiguous last dimension"),
     (lambda q, k, v: ("q", k, v), TypeError, "q must be a torch.Tensor"),
 ])
 def test_bad_inputs(mutate, error, match):

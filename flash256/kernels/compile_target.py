@@ -286,7 +286,8 @@ def ex2_under_wgmma(sass: str) -> int:
 
 
 def sass_stats(compiled, sass: str | None = None) -> dict:
-    """sass: dump_sass(compiled) if you already have it. Registers, spills, shared memory and selected SASS opcode counts of a CompiledKernel.
+    """Registers, spills, shared memory and selected SASS opcode counts of a CompiledKernel (sass: its
+    dump_sass text, if you already have it).
 
     registers / stack / spill_* : `ptxas -v` (cross-checked against cuobjdump -res-usage REG)
     shared        : metadata.shared, the dynamic shared memory triton requests at launch
