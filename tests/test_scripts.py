@@ -142,3 +142,20 @@ def test_sass_fingerprint_compare_names_the_changed_builds(tmp_path, monkeypatch
     out = capsys.readouterr().out
     assert "changed: fwd b" in out and "only before: bwd c" in out and "only now: bwd d" in out
     assert "1 builds identical, 1 changed" in out
+
+
+def test_bwd_trace_summary_reads_the_stamps_as_written():
+    """bwd_trace's per-tile figures from a synthetic trace with known latency (300), need (200 after the issue)
+    and period (1000): tile 0 and the tiles past each CTA's count are left out."""
+    import numpy as np
+    trace = np.full((3, 6, 4), -1, np.int64)
+    for cta, n in enumerate((5, 3, 1)):
+        trace[cta, -1] = (cta, 0, n, 0)
+        for t in range(n):
+            trace[cta, t] = (1000 * t, 1000 * t + 300, 1000 * t + 200, 1000 * t + 250)
+    rows, tiles, _header = _script("bwd_trace").summarize(trace)
+    assert tiles == 4 + 2
+    means = {name: float(np.nanmean(values)) for name, values in rows.items()}
+    assert means == {"load latency (landed - issued)": 300, "slack, warpgroup 0 (needed - issued)": 200,
+                     "stall, warpgroup 0 (landed - needed, >= 0)": 100, "stall, warpgroup 1": 50,
+                     "tile period (warpgroup 0)": 1000}
