@@ -4,9 +4,11 @@
 
 Runs the backward with scripts/patches/sm90_bwd_probe_trace.patch, whose dK/dV kernel stamps the SM clock per CTA
 and query tile: when the producer issued the tile's TMA loads, when the tile landed (the producer waits for it
-too), and when each consumer warpgroup started waiting for it. Prints, causal against non-causal, per tile:
-load latency (landed - issued), how long before its use the load was issued (slack), how long each warpgroup
-stalled on it, and the tile period, in SM cycles; saves the raw stamps to $OUT/bwd_trace_<seqlen>.npz.
+too), and when each consumer warpgroup started waiting for it, got it, finished its first GEMM and handed over
+(warpgroup 0: P^T shared) or received (warpgroup 1: dS^T computed) the probabilities. Prints, causal against
+non-causal, per tile: load latency (landed - issued), how long before its use the load was issued (slack), how
+long each warpgroup stalled on it, the tile period and each warpgroup's steps, in SM cycles; saves the raw
+stamps to $OUT/bwd_trace_<seqlen>_<full|causal>.npz (4k and shorter).
 """
 import os
 import pathlib
@@ -21,7 +23,7 @@ import bwd_probe  # noqa: E402  (scripts/bwd_probe.py: variant modules and the d
 import flash256  # noqa: E402
 
 PATCH = pathlib.Path(__file__).resolve().parent / "patches" / "sm90_bwd_probe_trace.patch"
-ISSUED, LANDED, NEED0, NEED1 = range(4)
+ISSUED, LANDED, NEED0, NEED1, GOT0, S_DONE, P_SHARED, GOT1, DP_DONE, DS_DONE = range(10)
 
 
 def traced_call(mod, seqlen, causal):
@@ -50,12 +52,25 @@ def summarize(trace):
     issued, landed, need0, need1 = (np.where(steady, tiles[..., f], np.nan) for f in range(4))
     period = np.full_like(need0, np.nan)
     period[:, 1:-1] = need0[:, 2:] - need0[:, 1:-1]
+    f = {name: np.where(steady, tiles[..., i], np.nan) for i, name in enumerate(
+        ("issued", "landed", "need0", "need1", "got0", "s_done", "p_shared", "got1", "dp_done", "ds_done"))}
+    next_need0, next_need1 = (np.full_like(need0, np.nan) for _ in range(2))
+    next_need0[:, :-1], next_need1[:, :-1] = need0[:, 1:], need1[:, 1:]
     rows = {
         "load latency (landed - issued)": landed - issued,
         "slack, warpgroup 0 (needed - issued)": need0 - issued,
         "stall, warpgroup 0 (landed - needed, >= 0)": np.maximum(landed - need0, 0),
         "stall, warpgroup 1": np.maximum(landed - need1, 0),
         "tile period (warpgroup 0)": period,
+        "wg0: waiting for Q/dO (got - needed)": f["got0"] - need0,
+        "wg0: S^T and dV of the last tile (S done - got)": f["s_done"] - f["got0"],
+        "wg0: exp2, slot wait, P^T store (shared - S done)": f["p_shared"] - f["s_done"],
+        "wg0: convert, next lse load, dV issue (next need - shared)": next_need0 - f["p_shared"],
+        "wg1: waiting for Q/dO": f["got1"] - need1,
+        "wg1: dP^T and dK of the last tile (dP done - got)": f["dp_done"] - f["got1"],
+        "wg1: P^T wait, dS^T (dS done - dP done)": f["ds_done"] - f["dp_done"],
+        "wg1: convert, next delta load, dK issue (next need - dS done)": next_need1 - f["ds_done"],
+        "wg1 dS done - wg0 P^T shared": f["ds_done"] - f["p_shared"],
     }
     return rows, int(steady.sum()), header
 
@@ -69,12 +84,14 @@ def main(seqlens):
         table = {}
         for causal in (False, True):
             trace = traced_call(mod, seqlen, causal)
-            np.savez_compressed(out_dir / f"bwd_trace_{seqlen}_{'causal' if causal else 'full'}.npz", trace=trace)
+            if seqlen <= 4096:
+                np.savez_compressed(out_dir / f"bwd_trace_{seqlen}_{'causal' if causal else 'full'}.npz",
+                                    trace=trace)
             table[causal] = summarize(trace)
         print(f"\n## d=256 dK/dV, seqlen {seqlen}: SM cycles per tile (mean / median / p90), tiles 1..n-1 of every CTA")
-        print(f"{'':46s} {'non-causal':>23s}   {'causal':>23s}")
+        print(f"{'':62s} {'non-causal':>23s}   {'causal':>23s}")
         for name in table[False][0]:
-            print(f"{name:46s} {stats(table[False][0][name])}   {stats(table[True][0][name])}")
+            print(f"{name:62s} {stats(table[False][0][name])}   {stats(table[True][0][name])}")
         for causal in (False, True):
             rows, n, header = table[causal]
             stall, period = rows["stall, warpgroup 0 (landed - needed, >= 0)"], rows["tile period (warpgroup 0)"]

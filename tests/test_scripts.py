@@ -145,17 +145,22 @@ def test_sass_fingerprint_compare_names_the_changed_builds(tmp_path, monkeypatch
 
 
 def test_bwd_trace_summary_reads_the_stamps_as_written():
-    """bwd_trace's per-tile figures from a synthetic trace with known latency (300), need (200 after the issue)
-    and period (1000): tile 0 and the tiles past each CTA's count are left out."""
+    """bwd_trace's per-tile figures from a synthetic trace with known latency (300), need (200 after the issue),
+    period (1000) and warpgroup steps: tile 0 and the tiles past each CTA's count are left out, and warpgroup 0's
+    four steps add up to its period."""
     import numpy as np
-    trace = np.full((3, 6, 4), -1, np.int64)
+    trace = np.full((3, 6, 10), -1, np.int64)
     for cta, n in enumerate((5, 3, 1)):
-        trace[cta, -1] = (cta, 0, n, 0)
+        trace[cta, -1, :4] = (cta, 0, n, 0)
         for t in range(n):
-            trace[cta, t] = (1000 * t, 1000 * t + 300, 1000 * t + 200, 1000 * t + 250)
+            b = 1000 * t
+            trace[cta, t] = (b, b + 300, b + 200, b + 250, b + 300, b + 500, b + 700, b + 310, b + 600, b + 800)
     rows, tiles, _header = _script("bwd_trace").summarize(trace)
     assert tiles == 4 + 2
     means = {name: float(np.nanmean(values)) for name, values in rows.items()}
-    assert means == {"load latency (landed - issued)": 300, "slack, warpgroup 0 (needed - issued)": 200,
-                     "stall, warpgroup 0 (landed - needed, >= 0)": 100, "stall, warpgroup 1": 50,
-                     "tile period (warpgroup 0)": 1000}
+    assert {name: means[name] for name in list(means)[:5]} == {
+        "load latency (landed - issued)": 300, "slack, warpgroup 0 (needed - issued)": 200,
+        "stall, warpgroup 0 (landed - needed, >= 0)": 100, "stall, warpgroup 1": 50, "tile period (warpgroup 0)": 1000}
+    wg0 = [means[name] for name in means if name.startswith("wg0:")]
+    assert wg0 == [100, 200, 200, 500] and sum(wg0) == means["tile period (warpgroup 0)"]
+    assert means["wg1 dS done - wg0 P^T shared"] == 100
