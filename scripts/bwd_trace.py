@@ -23,7 +23,8 @@ import bwd_probe  # noqa: E402  (scripts/bwd_probe.py: variant modules and the d
 import flash256  # noqa: E402
 
 PATCH = pathlib.Path(__file__).resolve().parent / "patches" / "sm90_bwd_probe_trace.patch"
-ISSUED, LANDED, NEED0, NEED1, GOT0, S_DONE, P_SHARED, GOT1, DP_DONE, DS_DONE = range(10)
+# the patch's stamps per tile, in its field order (the last row of each CTA: smid, start, tiles, start clock)
+FIELDS = ("issued", "landed", "need0", "need1", "got0", "s_done", "p_shared", "got1", "dp_done", "ds_done")
 
 
 def traced_call(mod, seqlen, causal):
@@ -49,11 +50,8 @@ def summarize(trace):
     n_tiles = header[:, 2]
     t_index = np.arange(tiles.shape[1])[None, :]
     steady = (t_index >= 1) & (t_index < n_tiles[:, None])
-    issued, landed, need0, need1 = (np.where(steady, tiles[..., f], np.nan) for f in range(4))
-    period = np.full_like(need0, np.nan)
-    period[:, 1:-1] = need0[:, 2:] - need0[:, 1:-1]
-    f = {name: np.where(steady, tiles[..., i], np.nan) for i, name in enumerate(
-        ("issued", "landed", "need0", "need1", "got0", "s_done", "p_shared", "got1", "dp_done", "ds_done"))}
+    f = {name: np.where(steady, tiles[..., i], np.nan) for i, name in enumerate(FIELDS)}
+    issued, landed, need0, need1 = f["issued"], f["landed"], f["need0"], f["need1"]
     next_need0, next_need1 = (np.full_like(need0, np.nan) for _ in range(2))
     next_need0[:, :-1], next_need1[:, :-1] = need0[:, 1:], need1[:, 1:]
     rows = {
@@ -61,7 +59,7 @@ def summarize(trace):
         "slack, warpgroup 0 (needed - issued)": need0 - issued,
         "stall, warpgroup 0 (landed - needed, >= 0)": np.maximum(landed - need0, 0),
         "stall, warpgroup 1": np.maximum(landed - need1, 0),
-        "tile period (warpgroup 0)": period,
+        "tile period (warpgroup 0)": next_need0 - need0,
         "wg0: waiting for Q/dO (got - needed)": f["got0"] - need0,
         "wg0: S^T and dV of the last tile (S done - got)": f["s_done"] - f["got0"],
         "wg0: exp2, slot wait, P^T store (shared - S done)": f["p_shared"] - f["s_done"],
@@ -95,7 +93,8 @@ def main(seqlens):
         for causal in (False, True):
             rows, n, header = table[causal]
             stall, period = rows["stall, warpgroup 0 (landed - needed, >= 0)"], rows["tile period (warpgroup 0)"]
-            share = np.nansum(stall[:, 1:-1]) / np.nansum(period[:, 1:-1])
+            timed = np.isfinite(period)  # tiles with a next tile in the same CTA
+            share = stall[timed].sum() / period[timed].sum()
             print(f"causal={causal}: {n} tiles, {len(header)} CTAs on {len(np.unique(header[:, 0]))} SMs; "
                   f"warpgroup 0 stalls on Q/dO for {100 * share:.1f}% of its tile periods")
 
