@@ -1,6 +1,6 @@
 """When does each Q/dO tile reach the d=256 dK/dV kernel, and who waits for it? (device call helper, issue 5)
 
-    python scripts/bwd_trace.py [SEQLEN ...]     (default 4096; bench shapes: bf16, 8 heads, 32k tokens)
+    python scripts/bwd_trace.py [--patch P] [SEQLEN ...]  (default 4096; bench shapes: bf16, 8 heads, 32k tokens)
 
 Runs the backward with scripts/patches/sm90_bwd_probe_trace.patch, whose dK/dV kernel stamps the SM clock per CTA
 and query tile: when the producer issued the tile's TMA loads, when the tile landed (the producer waits for it
@@ -8,7 +8,8 @@ too), and when each consumer warpgroup started waiting for it, got it, finished 
 (warpgroup 0: P^T shared) or received (warpgroup 1: dS^T computed) the probabilities. Prints, causal against
 non-causal, per tile: load latency (landed - issued), how long before its use the load was issued (slack), how
 long each warpgroup stalled on it, the tile period and each warpgroup's steps, in SM cycles; saves the raw
-stamps to $OUT/bwd_trace_<seqlen>_<full|causal>.npz (4k and shorter).
+stamps to $OUT/bwd_trace_<seqlen>_<full|causal>.npz (4k and shorter). --patch traces a variant instead: a
+patch whose first line is `on top of: sm90_bwd_probe_trace.patch` (scripts/variants.py's patch_chain).
 """
 import os
 import pathlib
@@ -73,8 +74,8 @@ def summarize(trace):
     return rows, int(steady.sum()), header
 
 
-def main(seqlens):
-    mod = bwd_probe.module_for(f"trace={PATCH}")
+def main(seqlens, patch=PATCH):
+    mod = bwd_probe.module_for(f"trace={patch}")
     bwd_probe.use(mod)
     out_dir = pathlib.Path(os.environ.get("OUT", "gpu_out"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,4 +101,6 @@ def main(seqlens):
 
 
 if __name__ == "__main__":
-    main([int(s) for s in sys.argv[1:]] or [4096])
+    args = sys.argv[1:]
+    patch = args.pop(args.index("--patch") + 1) if "--patch" in args else PATCH
+    main([int(s) for s in args if s != "--patch"] or [4096], patch)
