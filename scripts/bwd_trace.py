@@ -8,8 +8,9 @@ too), and when each consumer warpgroup started waiting for it, got it, finished 
 (warpgroup 0: P^T shared) or received (warpgroup 1: dS^T computed) the probabilities. Prints, causal against
 non-causal, per tile: load latency (landed - issued), how long before its use the load was issued (slack), how
 long each warpgroup stalled on it, the tile period and each warpgroup's steps, in SM cycles; saves the raw
-stamps to $OUT/bwd_trace_<seqlen>_<full|causal>.npz (4k and shorter). --patch traces a variant instead: a
-patch whose first line is `on top of: sm90_bwd_probe_trace.patch` (scripts/variants.py's patch_chain).
+stamps to $OUT/bwd_trace_<seqlen>_<full|causal>.npz (4k and shorter). --patch traces a variant instead: a patch
+that carries the same stamps, through its `on top of:` chain (scripts/variants.py's patch_chain), e.g.
+scripts/patches/sm90_bwd_neg_lse2_trace.patch.
 """
 import os
 import pathlib
