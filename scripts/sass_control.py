@@ -50,10 +50,14 @@ def parse(listing: str) -> list[Instruction]:
     return out
 
 
+def _scoreboard(index: int) -> str:
+    return "-" if index == NONE else str(index)
+
+
 def describe(ins: Instruction) -> str:
-    sb = lambda i: "-" if i == NONE else str(i)  # noqa: E731
     waits = ",".join(map(str, sorted(ins.waits)))
-    return f"{ins.offset:05x} S{ins.stall:<2} W{sb(ins.write_sb)} R{sb(ins.read_sb)} wait[{waits:11s}] {ins.text}"
+    return (f"{ins.offset:05x} S{ins.stall:<2} W{_scoreboard(ins.write_sb)} R{_scoreboard(ins.read_sb)} "
+            f"wait[{waits:11s}] {ins.text}")
 
 
 def loops(instructions: list[Instruction], min_length: int = 16) -> list[list[Instruction]]:
@@ -70,8 +74,8 @@ def loops(instructions: list[Instruction], min_length: int = 16) -> list[list[In
 
 
 def load_waits(body: list[Instruction]) -> list[Instruction]:
-    """The loop's wgmma issue points and waits, its mbarrier waits, and the instructions that wait on a scoreboard
-    its global loads set, in order."""
+    """The last wgmma of each of the loop's groups and the waits for them, its mbarrier waits, and the
+    instructions that wait on a scoreboard its global loads set, in order."""
     load_sbs = {x.write_sb for x in body if _GLOBAL_LOAD.search(x.text)} - {NONE}
     return [x for x in body
             if ("HGMMA" in x.text and "gsb0" in x.text) or "DEPBAR" in x.text or "TRYWAIT" in x.text
