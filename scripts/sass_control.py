@@ -5,6 +5,9 @@
                                                  read) and the ones it waits on before it issues
     python scripts/sass_control.py --loads FILE   per loop that issues global loads: its wgmma issue and waits,
                                                  and every instruction that waits on a load's scoreboard
+    python scripts/sass_control.py --in-issue FILE...  per loop, the instructions that wait on a scoreboard (other
+                                                 than an mbarrier wait's) while a wgmma group is being issued,
+                                                 with the opcodes that set it: each such wait delays the group
 
 FILE: a cuobjdump listing with encodings, e.g. `python -m flash256.inspect --kernel sm90_bwd --sass-dir DIR`.
 Each instruction is two 64-bit words; the second word's bits 41-63 are the control bits (4 stall cycles, yield,
@@ -82,7 +85,35 @@ def load_waits(body: list[Instruction]) -> list[Instruction]:
             or (not _GLOBAL_LOAD.search(x.text) and x.waits & load_sbs)]
 
 
+def _opcode(text: str) -> str:
+    return text.split()[1 if text.startswith("@") else 0].split(".")[0]
+
+
+def waits_in_issue(body: list[Instruction]) -> list[tuple[Instruction, set]]:
+    """(instruction, opcodes that set what it waits on) for each instruction between a WARPGROUP.ARRIVE and the
+    last wgmma of its group that waits on a scoreboard set in the loop by anything but an mbarrier wait (SYNCS)."""
+    setters = {}
+    for x in body:
+        if x.write_sb != NONE:
+            setters.setdefault(x.write_sb, set()).add(_opcode(x.text))
+    found, issuing = [], False
+    for x in body:
+        issuing = issuing or "WARPGROUP.ARRIVE" in x.text
+        kinds = set().union(*(setters.get(b, set()) for b in x.waits))
+        if issuing and "HGMMA" not in x.text and kinds - {"SYNCS"}:
+            found.append((x, kinds))
+        if "HGMMA" in x.text and "gsb0" in x.text:
+            issuing = False
+    return found
+
+
 def main(argv) -> int:
+    if argv[:1] == ["--in-issue"] and len(argv) > 1:
+        for path in argv[1:]:
+            for body in loops(parse(open(path).read())):
+                for ins, kinds in waits_in_issue(body):
+                    print(f"{path}: loop {body[0].offset:#x}: {describe(ins)}  (set by {', '.join(sorted(kinds))})")
+        return 0
     if argv[:1] == ["--loads"] and len(argv) == 2:
         for body in loops(parse(open(argv[1]).read())):
             if any(_GLOBAL_LOAD.search(x.text) for x in body):

@@ -168,22 +168,27 @@ def test_bwd_trace_summary_reads_the_stamps_as_written():
 
 def test_sass_control_reads_scoreboards_and_finds_a_load_waited_on_before_a_wgmma():
     """sass_control decodes the control bits of real sm_90a encodings (lines of the shipped d=256 dK/dV kernel's
-    warpgroup-0 loop before the sixteenth session: a global load setting scoreboard 5 and an FMUL waiting on it)
-    and lists that wait among the loop's wgmma issues."""
+    warpgroup-0 loop in the sixteenth session: a global load setting scoreboard 5 and an FMUL waiting on it) and
+    finds that wait among the loop's wgmma issues, inside the issue of S^T's group."""
     tool = _script("sass_control")
     pad = " " * 40
     lines = (
         ("78b0", "@!P4 LDG.E R10, desc[UR22][R16.64]", "0x00000016100ac981", "0x000362000c1e1900"),
         ("7d80", "HGMMA.64x256x16.F32.BF16 R24, R196, gdesc[UR4].tnspB, R24, gsb0", "0x43e00004c4187df0",
          "0x000fe20008001818"),
+        ("7e00", "WARPGROUP.ARRIVE", "0x00000000000079c5", "0x000fe20000000000"),
         ("7e40", "FMUL R214, R214, 1.4426950216293334961", "0x3fb8aa3bd6d67820", "0x020fe20000400000"),
+        ("8290", "HGMMA.64x64x16.F32.BF16 R152, gdesc[UR48], R152, gsb0", "0x00e00000309879f0",
+         "0x000fe60008001898"),
         ("8a30", "@P1 BRA 0x74f0", "0xffffffe800ac1947", "0x000fea000383ffff"))
     listing = "\n".join(f"        /*{offset}*/  {text} ;  /* {low} */\n{pad}/* {high} */"
                         for offset, text, low, high in lines)
-    ldg, hgmma, fmul, branch = instructions = tool.parse(listing)
+    ldg, hgmma, arrive, fmul, hgmma_s, branch = instructions = tool.parse(listing)
     assert (ldg.stall, ldg.write_sb, ldg.read_sb, ldg.waits) == (1, 5, 1, frozenset())
     assert (hgmma.write_sb, hgmma.waits) == (tool.NONE, frozenset())
     assert (fmul.write_sb, fmul.waits) == (tool.NONE, frozenset({5}))
     assert tool.describe(ldg).startswith("078b0 S1  W5 R1 wait[ ") and "wait[5" in tool.describe(fmul)
     [body] = tool.loops(instructions, min_length=4)
-    assert tool.load_waits(body) == [hgmma, fmul]
+    assert tool.load_waits(body) == [hgmma, fmul, hgmma_s]
+    # the FMUL waits for the load while S^T's wgmma group is being issued (after the ARRIVE, before its last wgmma)
+    assert tool.waits_in_issue(body) == [(fmul, {"LDG"})]
