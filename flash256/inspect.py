@@ -29,7 +29,7 @@ COLUMNS = (
     ("registers", "regs"), ("setmaxnreg", "setmaxnreg"), ("spill_stores", "spill_st"), ("spill_loads", "spill_ld"),
     ("shared", "shared"), ("stack", "stack"), ("hgmma", "HGMMA"), ("mufu_ex2", "MUFU.EX2"),
     ("ffma", "FFMA"), ("frnd", "FRND"), ("f2i", "F2I"), ("frnd_f2i", "FRND/F2I"), ("ldl", "LDL"), ("stl", "STL"),
-    ("ex2_under_wgmma", "EX2|MMA"),
+    ("ex2_under_wgmma", "EX2|MMA"), ("load_waits_in_wgmma_issue", "LDG|MMA"),
 )
 
 

@@ -183,12 +183,12 @@ def test_sass_control_reads_scoreboards_and_finds_a_load_waited_on_before_a_wgmm
         ("8a30", "@P1 BRA 0x74f0", "0xffffffe800ac1947", "0x000fea000383ffff"))
     listing = "\n".join(f"        /*{offset}*/  {text} ;  /* {low} */\n{pad}/* {high} */"
                         for offset, text, low, high in lines)
-    ldg, hgmma, arrive, fmul, hgmma_s, branch = instructions = tool.parse(listing)
+    ldg, hgmma, arrive, fmul, hgmma_s, branch = instructions = tool.parse_instructions(listing)
     assert (ldg.stall, ldg.write_sb, ldg.read_sb, ldg.waits) == (1, 5, 1, frozenset())
-    assert (hgmma.write_sb, hgmma.waits) == (tool.NONE, frozenset())
-    assert (fmul.write_sb, fmul.waits) == (tool.NONE, frozenset({5}))
+    assert (hgmma.write_sb, hgmma.waits) == (tool.NO_SCOREBOARD, frozenset())
+    assert (fmul.write_sb, fmul.waits) == (tool.NO_SCOREBOARD, frozenset({5}))
     assert tool.describe(ldg).startswith("078b0 S1  W5 R1 wait[ ") and "wait[5" in tool.describe(fmul)
     [body] = tool.loops(instructions, min_length=4)
     assert tool.load_waits(body) == [hgmma, fmul, hgmma_s]
     # the FMUL waits for the load while S^T's wgmma group is being issued (after the ARRIVE, before its last wgmma)
-    assert tool.waits_in_issue(body) == [(fmul, {"LDG"})]
+    assert tool.waits_in_wgmma_issue(body) == [(fmul, {"LDG"})]

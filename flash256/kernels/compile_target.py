@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -285,6 +285,87 @@ def ex2_under_wgmma(sass: str) -> int:
     return best
 
 
+# Control bits: each Volta-or-later instruction is two 64-bit words; the second word's bits 41-63 are its control
+# (4 stall cycles, yield, 3-bit write and read scoreboard indices with 7 for none, a 6-bit wait mask, 4 reuse bits).
+# A variable-latency instruction (a load, MUFU, an mbarrier try-wait) sets a scoreboard; one that needs its result
+# waits on it. cuobjdump prints both words as `/* 0x... */` comments.
+_CONTROLLED_RE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;\s*/\* (0x[0-9a-f]{16}) \*/")
+_WORD_RE = re.compile(r"/\* (0x[0-9a-f]{16}) \*/")
+_BACK_BRANCH_RE = re.compile(r"BRA (?:!?U?P\d, )?0x([0-9a-f]+)")
+NO_SCOREBOARD = 7
+
+
+class Instruction(NamedTuple):
+    offset: int
+    text: str
+    stall: int
+    write_sb: int
+    read_sb: int
+    waits: frozenset
+
+
+def control_bits(high_word: int) -> tuple[int, int, int, frozenset]:
+    """(stall cycles, write scoreboard, read scoreboard, scoreboards waited on) of an instruction's second word."""
+    ctrl = high_word >> 41
+    wait_mask = (ctrl >> 11) & 0x3F
+    return ctrl & 0xF, (ctrl >> 5) & 7, (ctrl >> 8) & 7, frozenset(b for b in range(6) if wait_mask >> b & 1)
+
+
+def parse_instructions(sass: str) -> list[Instruction]:
+    """Every instruction of a cuobjdump listing with its offset and decoded control bits."""
+    lines = sass.splitlines()
+    out = []
+    for line, following in zip(lines, lines[1:]):
+        m = _CONTROLLED_RE.match(line)
+        second = _WORD_RE.search(following) if m else None
+        if second:
+            out.append(Instruction(int(m.group(1), 16), m.group(2), *control_bits(int(second.group(1), 16))))
+    return out
+
+
+def loops(instructions: list[Instruction], min_length: int = 16) -> list[list[Instruction]]:
+    """The bodies of conditional backward branches (a loop's back edge), in code order. Unconditional ones are the
+    way back from out-of-line code (an mbarrier wait's retry), and the shortest are spin loops: both left out."""
+    bodies = []
+    for ins in instructions:
+        m = _BACK_BRANCH_RE.search(ins.text)
+        if m and ins.text.startswith("@") and int(m.group(1), 16) < ins.offset:
+            body = [x for x in instructions if int(m.group(1), 16) <= x.offset <= ins.offset]
+            if len(body) >= min_length:
+                bodies.append(body)
+    return bodies
+
+
+def opcode(text: str) -> str:
+    return text.split()[1 if text.startswith("@") else 0].split(".")[0]
+
+
+def waits_in_wgmma_issue(body: list[Instruction]) -> list[tuple[Instruction, set]]:
+    """(instruction, opcodes that set what it waits on) for each instruction of a loop between a WARPGROUP.ARRIVE
+    and the last wgmma of its group that waits on a scoreboard set in the loop by anything but an mbarrier wait
+    (SYNCS): each such wait holds back the rest of the group's issue."""
+    setters = {}
+    for x in body:
+        if x.write_sb != NO_SCOREBOARD:
+            setters.setdefault(x.write_sb, set()).add(opcode(x.text))
+    found, issuing = [], False
+    for x in body:
+        issuing = issuing or "WARPGROUP.ARRIVE" in x.text
+        kinds = set().union(*(setters.get(b, set()) for b in x.waits))
+        if issuing and "HGMMA" not in x.text and kinds - {"SYNCS"}:
+            found.append((x, kinds))
+        if "HGMMA" in x.text and "gsb0" in x.text:
+            issuing = False
+    return found
+
+
+def load_waits_in_wgmma_issue(sass: str) -> int:
+    """How many instructions, over all loops, wait on a global load (LDG) while a wgmma group is being issued: a
+    load's latency (an L2 round trip, ~1000 cycles under a TMA stream) stalls the GEMM's issue each iteration.
+    The d=256 dK/dV kernel's lse scaling was one (NOTES.md, sixteenth session)."""
+    return sum("LDG" in kinds for body in loops(parse_instructions(sass)) for _, kinds in waits_in_wgmma_issue(body))
+
+
 def sass_stats(compiled, sass: str | None = None) -> dict:
     """Registers, spills, shared memory and selected SASS opcode counts of a CompiledKernel (sass: its
     dump_sass text, if you already have it).
@@ -299,6 +380,7 @@ def sass_stats(compiled, sass: str | None = None) -> dict:
     hgmma, mufu_ex2, ffma, frnd, f2i, ldl, stl : instruction counts in the SASS (static, all
                     functions of the cubin); frnd_f2i = frnd + f2i
     ex2_under_wgmma : see ex2_under_wgmma (0 for kernels without async wgmma)
+    load_waits_in_wgmma_issue : see load_waits_in_wgmma_issue
     wgmma_serialized : ptxas reported (C7512) that it made every wgmma wait for the previous one (it does so
                     when the in-flight accumulators and operands do not fit the registers): no overlap at all
     """
@@ -327,6 +409,7 @@ def sass_stats(compiled, sass: str | None = None) -> dict:
         "ldl": ops["LDL"],
         "stl": ops["STL"],
         "ex2_under_wgmma": ex2_under_wgmma(sass),
+        "load_waits_in_wgmma_issue": load_waits_in_wgmma_issue(sass),
         "wgmma_serialized": "wgmma.mma_async instructions are serialized" in log,
     }
     stats["frnd_f2i"] = stats["frnd"] + stats["f2i"]
