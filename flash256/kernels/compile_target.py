@@ -362,7 +362,7 @@ def waits_in_wgmma_issue(body: list[Instruction]) -> list[tuple[Instruction, set
 def load_waits_in_wgmma_issue(sass: str) -> int:
     """How many instructions, over all loops, wait on a global load (LDG) while a wgmma group is being issued: a
     load's latency (an L2 round trip, ~1000 cycles under a TMA stream) stalls the GEMM's issue each iteration.
-    The d=256 dK/dV kernel's lse scaling was one (NOTES.md, sixteenth session)."""
+    The d=256 dK/dV kernel's lse scaling is one (NOTES.md, sixteenth session)."""
     return sum("LDG" in kinds for body in loops(parse_instructions(sass)) for _, kinds in waits_in_wgmma_issue(body))
 
 
