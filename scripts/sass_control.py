@@ -15,14 +15,11 @@ global-load waits inside a wgmma issue, LDG|MMA); this is the listing behind it.
 session found warpgroup 0 of the d=256 dK/dV kernel waiting for its lse loads before S^T's wgmmas.
 """
 import pathlib
-import re
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from flash256.kernels.compile_target import (  # noqa: E402
-    NO_SCOREBOARD, Instruction, loops, parse_instructions, waits_in_wgmma_issue)
-
-_GLOBAL_LOAD = re.compile(r"\bLDG\b")  # not UTMALDG (a TMA load, tracked by an mbarrier)
+    NO_SCOREBOARD, Instruction, loops, opcode, parse_instructions, waits_in_wgmma_issue)
 
 
 def _scoreboard(index: int) -> str:
@@ -35,13 +32,17 @@ def describe(ins: Instruction) -> str:
             f"wait[{waits:11s}] {ins.text}")
 
 
+def _global_load(ins: Instruction) -> bool:
+    return opcode(ins.text) == "LDG"  # not UTMALDG (a TMA load, tracked by an mbarrier)
+
+
 def load_waits(body: list[Instruction]) -> list[Instruction]:
     """The last wgmma of each of the loop's groups and the waits for them, its mbarrier waits, and the
     instructions that wait on a scoreboard its global loads set, in order."""
-    load_sbs = {x.write_sb for x in body if _GLOBAL_LOAD.search(x.text)} - {NO_SCOREBOARD}
+    load_sbs = {x.write_sb for x in body if _global_load(x)} - {NO_SCOREBOARD}
     return [x for x in body
             if ("HGMMA" in x.text and "gsb0" in x.text) or "DEPBAR" in x.text or "TRYWAIT" in x.text
-            or (not _GLOBAL_LOAD.search(x.text) and x.waits & load_sbs)]
+            or (not _global_load(x) and x.waits & load_sbs)]
 
 
 def main(argv) -> int:
@@ -53,7 +54,7 @@ def main(argv) -> int:
         return 0
     if argv[:1] == ["--loads"] and len(argv) == 2:
         for body in loops(parse_instructions(open(argv[1]).read())):
-            if any(_GLOBAL_LOAD.search(x.text) for x in body):
+            if any(_global_load(x) for x in body):
                 print(f"loop {body[0].offset:#x}-{body[-1].offset:#x}, {len(body)} instructions")
                 for ins in load_waits(body):
                     print("  " + describe(ins))
