@@ -6,6 +6,9 @@
     python scripts/bwd_probe.py --profile [variant ...]  per-kernel time and SM-us per block pair at d=256, per variant
                                                         (sm90_bwd_check.py's profile with the variant dispatched)
     --deterministic (first, or after --dims): check and time the deterministic=True backward instead
+    --clocks (last option): after timing each shape, run every variant and cuDNN back to back for 3 s more and
+             report nvidia-smi's mean SM clock and board power: whether a variant that saves cycles per tile
+             ran at a lower clock at the 700 W cap instead of faster (NOTES.md, seventeenth session)
     --check variant  the correctness check alone (what each variant first runs in a child process, see below)
 
 Each variant replaces the dispatcher's sm90 backward and is checked against the fp32 reference (d 256/128/64,
@@ -31,9 +34,11 @@ from flash256.bench.timing import Timer  # noqa: E402
 from flash256.testing import accuracy_check, reference_results  # noqa: E402
 import variants  # noqa: E402  (scripts/variants.py, beside this file)
 from variants import probe_module, tflops  # noqa: E402
+from fwd_probe import sample_clocks  # noqa: E402  (nvidia-smi's SM clock and power while a call repeats)
 
 SOURCE = (ROOT / "flash256/kernels/sm90_bwd.py").read_text()
 DETERMINISTIC = False
+CLOCKS = False
 CHECK_TIMEOUT_S = 240  # room to compile every kernel the check needs, several variants at once
 CASES = ([(256, c, s) for s in (1024, 4096, 16384) for c in (False, True)]
          + [(d, c, s) for d in (128, 64) for s in (2048, 8192) for c in (False, True)])
@@ -154,7 +159,7 @@ def main(variants, rounds=2):
     variants = isolated_checks(variants)
     modules = {variant: module_for(variant) for variant in variants}
     timer = Timer("cuda")
-    table = {}
+    table, clocks = {}, {}
     for d, causal, seqlen in CASES:
         # One forward graph for every variant (the backward is dispatched when it runs): same tensors, same
         # addresses -- separate allocations moved one kernel by up to 8% in the first runs of this script.
@@ -168,11 +173,21 @@ def main(variants, rounds=2):
                 rate = tflops("bwd", d, causal, seqlen, ms)
                 table.setdefault((d, causal, seqlen), {}).setdefault(variant, []).append(rate)
                 print(variant, d, causal, seqlen, f"round {r}: {ms:.3f} ms", flush=True)
+        for variant in [*variants, "cudnn"] if CLOCKS else []:
+            if variant != "cudnn":
+                use(modules[variant])
+            clocks.setdefault((d, causal, seqlen), {})[variant] = sample_clocks(cudnn if variant == "cudnn" else ours)
+            print(variant, d, causal, seqlen, clocks[d, causal, seqlen][variant], flush=True)
     print("\nTFLOP/s per round\n| d | causal | seqlen | " + " | ".join(variants) + " | cudnn |\n|---|---|---|"
           + "---|" * (len(variants) + 1))
     for (d, causal, seqlen), cells in table.items():
         print(f"| {d} | {int(causal)} | {seqlen} | "
               + " | ".join("/".join(f"{x:.0f}" for x in cells[v]) for v in [*variants, "cudnn"]) + " |")
+    if clocks:
+        print("\nSM clock, board power (3 s back to back)\n| d | causal | seqlen | " + " | ".join(variants)
+              + " | cudnn |\n|---|---|---|" + "---|" * (len(variants) + 1))
+        for (d, causal, seqlen), cells in clocks.items():
+            print(f"| {d} | {int(causal)} | {seqlen} | " + " | ".join(cells[v] for v in [*variants, "cudnn"]) + " |")
 
 
 if __name__ == "__main__":
@@ -197,5 +212,8 @@ if __name__ == "__main__":
             argv = argv[2:]
         if argv[:1] == ["--deterministic"]:
             DETERMINISTIC = True
+            argv = argv[1:]
+        if argv[:1] == ["--clocks"]:
+            CLOCKS = True
             argv = argv[1:]
         main(argv or ["base"])

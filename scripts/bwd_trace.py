@@ -9,8 +9,8 @@ too), and when each consumer warpgroup started waiting for it, got it, finished 
 non-causal, per tile: load latency (landed - issued), how long before its use the load was issued (slack), how
 long each warpgroup stalled on it, the tile period and each warpgroup's steps, in SM cycles; saves the raw
 stamps to $OUT/bwd_trace_<seqlen>_<full|causal>.npz (4k and shorter). --patch traces a variant instead: a patch
-that carries the same stamps, through its `on top of:` chain (scripts/variants.py's patch_chain), e.g.
-scripts/patches/sm90_bwd_neg_lse2_trace.patch.
+that carries the same stamps: the stamps of sm90_bwd_probe_trace.patch written over the variant's patch, in a
+patch whose first line `on top of: <the variant's patch>` chains the two (scripts/variants.py's patch_chain).
 """
 import os
 import pathlib

@@ -158,9 +158,9 @@ def test_compile_serialised_wgmma_is_a_problem():
 def test_compile_global_load_waits_inside_a_wgmma_issue():
     """load_waits_in_wgmma_issue (inspect's LDG|MMA) counts loop instructions that wait on a global load while a
     wgmma group is being issued. The shipped d=256 dK/dV kernel has one: warpgroup 0 scales its lse loads between
-    the Q/dO wait and S^T's wgmmas (NOTES.md, sixteenth session; sm90_bwd_neg_lse2.patch moves it, and this
-    becomes 0 when that lands). The d=256 forward and dQ kernels, whose loops load nothing from global memory, have
-    none."""
+    the Q/dO wait and S^T's wgmmas (NOTES.md, sixteenth session). Removing it (-lse in base 2) shortened the traced
+    tile but not the sustained backward (seventeenth session), so it stays. The d=256 forward and dQ kernels, whose
+    loops load nothing from global memory, have none."""
     from flash256.kernels.compile_target import dump_sass, load_waits_in_wgmma_issue
     from flash256.kernels.sm90_bwd import DKDV_D256, DQ_D256, compile_dkdv, compile_dq
     from flash256.kernels.sm90_fwd import CONFIGS, compile_sm90

@@ -129,6 +129,33 @@ def test_bwd_probe_times_only_variants_whose_check_finished(monkeypatch, capsys)
     assert "RuntimeError: boom" in out
 
 
+def test_bwd_probe_clocks_samples_every_variant_and_cudnn(monkeypatch, capsys):
+    """--clocks: after a shape's timing rounds, each variant (dispatched first) and cuDNN run for the clock sample,
+    and a second table gives the SM clock and power of each."""
+    import types
+    probe = _script("bwd_probe")
+    dispatched, sampled = [], []
+    monkeypatch.setattr(probe.torch.cuda, "get_device_name", lambda: "fake GPU")
+    monkeypatch.setattr(probe, "isolated_checks", lambda variants: variants)
+    monkeypatch.setattr(probe, "module_for", lambda variant: variant)
+    monkeypatch.setattr(probe, "use", dispatched.append)
+    monkeypatch.setattr(probe, "backward_call", lambda d, causal, seqlen, cudnn: "cudnn" if cudnn else "ours")
+    monkeypatch.setattr(probe, "Timer", lambda device: types.SimpleNamespace(
+        measure=lambda fn, warmup, rep: types.SimpleNamespace(median_ms=1.0)))
+
+    def sample(fn):
+        sampled.append((dispatched[-1], fn))
+        return f"{1500 + len(sampled)} MHz 690 W"
+
+    monkeypatch.setattr(probe, "sample_clocks", sample)
+    monkeypatch.setattr(probe, "CASES", [(256, True, 4096)])
+    monkeypatch.setattr(probe, "CLOCKS", True)
+    probe.main(["base", "x=x.patch"])
+    assert sampled == [("base", "ours"), ("x=x.patch", "ours"), ("x=x.patch", "cudnn")]
+    out = capsys.readouterr().out
+    assert "| 256 | 1 | 4096 | 1501 MHz 690 W | 1502 MHz 690 W | 1503 MHz 690 W |" in out
+
+
 def test_sass_fingerprint_compare_names_the_changed_builds(tmp_path, monkeypatch, capsys):
     """`compare` exits 1 and names every build whose SASS hash moved (or that appeared or went); 0 when all match."""
     tool = _script("sass_fingerprint")
