@@ -8,6 +8,7 @@
     python scripts/fwd_probe.py --small [variant ...]  d=128 and d=64 at 2k and 8k, causal and not
     python scripts/fwd_probe.py --small-short [variant ...]  the same at 1k and 2k
     python scripts/fwd_probe.py --small-all [variant ...]    the same at 1k, 2k and 8k
+    python scripts/fwd_probe.py --traffic [variant ...]  d=256 4k/16k/32k, with each variant's SM clock and power
       (every mode but the first: variants interleaved on the same tensors, two rounds, 250 ms
        warm-up; q0 = the kernel without Q in registers, static / dynamic = that persistent scheduler
        where "single" is the default)
@@ -19,7 +20,11 @@ and not) for variants of the kernel built from its source with one change each, 
             first checked against the reference: d 64/128/256, causal both, ragged and unequal seqlens, GQA)
   hot       the producer loads K/V block j % 2 instead of j: the same TMA traffic, but always L2 hits
   noload    the producer arrives on the ready barriers without loading: no K/V traffic at all, same sync
-Timing probes only: `hot` and `noload` compute garbage. While each 16k case runs, nvidia-smi samples the
+  halfload  the producer loads every other round of the K/V ring and arrives without loading on the others, so
+            the blocks of those rounds multiply the (real, random) data the stage held two blocks before: half
+            the K/V traffic from L2 at a realistic tensor-core power -- the most that sharing K/V between a CTA
+            pair (TMA multicast) could save, without noload's stale-memory power
+Timing probes only: `hot`, `noload` and `halfload` compute garbage. While each 16k case runs, nvidia-smi samples the
 SM clock and power, to tell a clock-limited kernel from a stalled one. `noload` multiplies whatever the
 shared memory holds, and tensor-core power depends on the data: compare its TFLOP/s per MHz, not its watts.
 """
@@ -45,6 +50,14 @@ PATCHES = {
                 f"mbarrier.arrive({x}_ready.index(stage))") for x in "kv"] +
               [(load + f"\n{' ' * 44}{x}_ready.index(stage), {x}_smem.index(stage))", "pass")
                for x, load in (("k", LOAD_K), ("v", LOAD_V))],
+    "halfload": [(f"""            mbarrier.expect({x}_ready.index(stage), {x}_desc.block_type.nbytes)
+            {load}
+{' ' * 44}{x}_ready.index(stage), {x}_smem.index(stage))""", f"""            if (kv_iter // {x.upper()}_STAGES) % 2 == 0:
+                mbarrier.expect({x}_ready.index(stage), {x}_desc.block_type.nbytes)
+                {load}
+{' ' * 44}{x}_ready.index(stage), {x}_smem.index(stage))
+            else:
+                mbarrier.arrive({x}_ready.index(stage))""") for x, load in (("k", LOAD_K), ("v", LOAD_V))],
     # d=256 without Q in registers
     "q0": [("CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, k_stages=2, v_stages=2, q_reg_cols=128)",
             "CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, k_stages=2, v_stages=2)")],
@@ -53,6 +66,9 @@ PATCHES = {
     # the dynamic persistent scheduler (atomic tile counter) where "single" is the default
     "dynamic": [('kv_bytes > L2_SECTION_BYTES else "single"', 'kv_bytes > L2_SECTION_BYTES else "dynamic"')],
 }
+
+
+TIMING_ONLY = {"hot", "noload", "halfload"}  # wrong on purpose: not checked
 
 
 def module_for(variant):
@@ -175,20 +191,28 @@ def small_dim_cases(seqlens=(2048, 8192)):
                        4 * 32768 * 2048 * seqlen / (2 if causal else 1))
 
 
-def interleaved(variants, cases, rounds=2, dims=(256, )):
+def traffic_cases():
+    """d=256 non-causal at 4k, 16k and 32k and causal at 16k (32k tokens): the forward's power-capped shapes."""
+    for seqlen, causal in ((4096, False), (16384, False), (32768, False), (16384, True)):
+        yield (f"{seqlen // 1024}k{' causal' if causal else ''}", _bshd(32768 // seqlen, seqlen),
+               dict(causal=causal), 4 * 32768 * 2048 * seqlen / (2 if causal else 1))
+
+
+def interleaved(variants, cases, rounds=2, dims=(256, ), clocks=False):
     """Every variant on the same tensors per case, in turn, `rounds` times (clock drift hits all alike);
     warm-up 250 ms so each timing is at the power-capped sustained clock (NOTES.md). Each variant is first
-    checked at the head dims `dims` with every scheduler, a window and a soft cap."""
+    checked at the head dims `dims` with every scheduler, a window and a soft cap. With `clocks`, each variant's
+    SM clock and board power follow its rounds (3 s back to back, `sample_clocks`)."""
     modules = {}
     for variant in variants:
         modules[variant] = module_for(variant)
-        if variant == "base":
-            continue  # the shipped kernel: the test suite checks it
+        if variant == "base" or variant in TIMING_ONLY:
+            continue  # the shipped kernel: the test suite checks it; timing probes are wrong on purpose
         mod = modules[variant]
         failures = [f for scheduler in SCHEDULERS for f in check(mod, dims, scheduler)]
         failures += check(mod, dims, window=(300, 0)) + check(mod, dims, window=(200, 100), softcap=20.0)
         print(variant, "correct" if not failures else f"WRONG: {failures[:4]}", flush=True)
-    table = {}
+    table, power = {}, {}
     for label, (q, k, v), options, flops in cases:
         options = {"causal": False, **options}
         for _ in range(rounds):
@@ -197,10 +221,18 @@ def interleaved(variants, cases, rounds=2, dims=(256, )):
                                              warmup=250, rep=500, return_mode="median")
                 table.setdefault(label, {}).setdefault(variant, []).append(flops / ms / 1e9)
                 print(variant, label, f"{ms:.3f} ms", flush=True)
+        for variant, mod in modules.items() if clocks else ():
+            power[label, variant] = sample_clocks(lambda: mod.sm90_forward(q, k, v, 0.0625, **options))
+            print(variant, label, power[label, variant], flush=True)
     names = [v.partition("=")[0] for v in variants]
     print("\nTFLOP/s per round\n| case | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     for label, cells in table.items():
         print(f"| {label} | " + " | ".join("/".join(f"{x:.0f}" for x in cells[v]) for v in variants) + " |")
+    if power:
+        print("\nSM clock, board power (3 s back to back)\n| case | " + " | ".join(names) + " |\n|---|"
+              + "---|" * len(names))
+        for label in table:
+            print(f"| {label} | " + " | ".join(power[label, v] for v in variants) + " |")
 
 
 if __name__ == "__main__":
@@ -212,6 +244,8 @@ if __name__ == "__main__":
         interleaved(sys.argv[2:] or ["base"], short_cases())
     elif sys.argv[1:2] == ["--window"]:
         interleaved(sys.argv[2:] or ["base"], window_cases())
+    elif sys.argv[1:2] == ["--traffic"]:
+        interleaved(sys.argv[2:] or ["base", "halfload"], traffic_cases(), clocks=True)
     elif sys.argv[1:2] == ["--small"]:
         interleaved(sys.argv[2:] or ["base"], small_dim_cases(), dims=(128, 64))
     elif sys.argv[1:2] == ["--small-short"]:
