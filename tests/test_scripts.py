@@ -71,6 +71,24 @@ def test_l2_stream_probe_builds_for_sm90():
         assert int(stages) * 2 * 64 * 256 * 2 <= int(shared) <= 232448, rows
 
 
+def test_multicast_check_builds_a_multicast_tma_for_sm90():
+    """The multicast probe's inline PTX gets through ptxas as a multicast TMA load, a remote mbarrier arrive and
+    cluster barriers, and its one allocation sits where the asm's offsets assume (compiled_kernel asserts that)."""
+    code = textwrap.dedent("""
+        import sys; sys.path.insert(0, "scripts"); import multicast_check
+        from flash256.kernels.compile_target import dump_sass
+        sass = dump_sass(multicast_check.compiled_kernel())
+        print(" ".join(op for op in ("UTMALDG.2D.MULTICAST", "SYNCS.ARRIVE.TRANS64.RED", "UCGABAR_ARV",
+                                     "UCGABAR_WAIT") if op in sass))
+        """)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=SCRIPTS.parent, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.split() == ["UTMALDG.2D.MULTICAST", "SYNCS.ARRIVE.TRANS64.RED", "UCGABAR_ARV",
+                                   "UCGABAR_WAIT"], proc.stdout
+
+
 def test_bwd_probe_applies_backward_patches(tmp_path):
     """bwd_probe takes a variant as a unified diff against sm90_bwd.py, or against another such diff named on its
     first line: diffs made here apply, and so does every one stored under scripts/patches/ for a coming device call
