@@ -5,7 +5,8 @@
     python scripts/bwd_probe.py --kernels [variant]  kernel timeline of 24 calls timed as the bench times them
     python scripts/bwd_probe.py --profile [variant ...]  per-kernel time and SM-us per block pair at d=256, per variant
                                                         (sm90_bwd_check.py's profile with the variant dispatched)
-    --deterministic (first, or after --dims): check and time the deterministic=True backward instead
+    --seqlens 4096,16384 (after --dims): time only these seqlens
+    --deterministic (first, or after --dims / --seqlens): check and time the deterministic=True backward instead
     --clocks (last option): after timing each shape, run every variant and cuDNN back to back for 3 s more and
              report nvidia-smi's mean SM clock and board power: whether a variant that saves cycles per tile
              ran at a lower clock at the 700 W cap instead of faster (NOTES.md, seventeenth session)
@@ -209,6 +210,10 @@ if __name__ == "__main__":
         if argv[:1] == ["--dims"]:  # time only these head dims
             dims = {int(d) for d in argv[1].split(",")}
             CASES[:] = [case for case in CASES if case[0] in dims]
+            argv = argv[2:]
+        if argv[:1] == ["--seqlens"]:  # and only these seqlens
+            seqlens = {int(s) for s in argv[1].split(",")}
+            CASES[:] = [case for case in CASES if case[2] in seqlens]
             argv = argv[2:]
         if argv[:1] == ["--deterministic"]:
             DETERMINISTIC = True
