@@ -8,7 +8,7 @@
     python scripts/fwd_probe.py --small [variant ...]  d=128 and d=64 at 2k and 8k, causal and not
     python scripts/fwd_probe.py --small-short [variant ...]  the same at 1k and 2k
     python scripts/fwd_probe.py --small-all [variant ...]    the same at 1k, 2k and 8k
-    python scripts/fwd_probe.py --traffic [variant ...]  d=256 4k/16k/32k, with each variant's SM clock and power
+    python scripts/fwd_probe.py --traffic [variant ...]  d=256 16k/32k, with each variant's SM clock and power
                                                           (timing only: no variant is checked first)
       (every mode but the first: variants interleaved on the same tensors, two rounds, 250 ms
        warm-up; q0 = the kernel without Q in registers, static / dynamic = that persistent scheduler
@@ -193,8 +193,8 @@ def small_dim_cases(seqlens=(2048, 8192)):
 
 
 def traffic_cases():
-    """d=256 non-causal at 4k, 16k and 32k and causal at 16k (32k tokens): the forward's power-capped shapes."""
-    for seqlen, causal in ((4096, False), (16384, False), (32768, False), (16384, True)):
+    """d=256 non-causal at 16k and 32k and causal at 16k (32k tokens): the forward's power-capped shapes."""
+    for seqlen, causal in ((16384, False), (32768, False), (16384, True)):
         yield (f"{seqlen // 1024}k{' causal' if causal else ''}", _bshd(32768 // seqlen, seqlen),
                dict(causal=causal), 4 * 32768 * 2048 * seqlen / (2 if causal else 1))
 
