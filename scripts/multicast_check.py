@@ -57,7 +57,8 @@ def multicast_kernel(desc, out_ptr):
             [dst], [tm, {0, row}], [bar], 3;
         mov.u32 $0, 0; }""", rank)
     mbarrier.wait(bars.index(0), 0)
-    # thread 0: arrive on the peer's second barrier; then wait for the peer's arrival on ours
+    # thread 0: arrive on the peer's second barrier (`rank + issued`: after the load above is issued); then wait
+    # for the peer's arrival on ours
     _asm("""{ .reg .u32 local, remote, peer, tid; .reg .pred leader;
         mov.u32 tid, %tid.x; setp.eq.u32 leader, tid, 0;
         mov.u32 local, global_smem; add.u32 local, local, 8200; xor.b32 peer, $1, 1;
