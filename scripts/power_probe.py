@@ -2,6 +2,7 @@
 
     python scripts/power_probe.py
     python scripts/power_probe.py --matmul  # the cuBLAS ceiling at the sustained clock, beside the d=256 forward
+    python scripts/power_probe.py --long    # is the 128k forward's drop the kernel's or the longer warm run's?
 
 d=256, bf16, 8 heads, 32k tokens, 4k and 16k, causal and not, forward and backward, flash256 and cuDNN
 (torch SDPA) in one process: TFLOP/s (do_bench median), then the mean SM clock and board power that
@@ -14,6 +15,7 @@ clock), with the d=256 non-causal forward of flash256 and cuDNN at 16k and 32k b
 the practical ceiling that ../shared/anchors.md quotes (754-786 TFLOP/s) was measured in another harness, and the
 800 TFLOP/s forward goal is only meaningful against the matmul rate under the same conditions.
 """
+import os
 import sys
 
 import torch
@@ -27,7 +29,7 @@ from flash256.bench.timing import Timer  # noqa: E402
 
 
 def call(backend, direction, causal, seqlen):
-    shape = (32768 // seqlen, seqlen, 8, 256)
+    shape = (max(1, 32768 // seqlen), seqlen, 8, 256)
     q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     if backend == "cudnn":
         q, k, v = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
@@ -86,5 +88,30 @@ def matmul_ceiling():
         print("| " + " | ".join(row) + " |")
 
 
+def long_context(warmup_ms=2000.0):
+    """--long: the d=256 non-causal forward at 32k and 128k (batch 1, 8 heads), each timed after the same 2 s of
+    warm calls, so both run at the temperature and clock a 128k bench cell reaches (its calls take ~200 ms, so the
+    bench's 250 ms warm-up + 3 timed calls keep the board busy ~4x longer than at 32k). flash256 with each
+    scheduler, then cuDNN; 32k is timed before and after 128k to expose drift."""
+    timer, rows = Timer("cuda"), []
+    for backend, scheduler in (("flash256", "single"), ("flash256", "dynamic"), ("cudnn", None)):
+        os.environ.pop("FLASH256_SCHEDULER", None)
+        if scheduler:
+            os.environ["FLASH256_SCHEDULER"] = scheduler
+        for seqlen in (32768, 131072, 32768):
+            fn = call(backend, "fwd", False, seqlen)
+            fn()
+            ms = timer.measure(fn, warmup_ms, 600).median_ms
+            name = f"{backend}{'-' + scheduler if scheduler else ''} fwd {seqlen // 1024}k"
+            rows.append((name, f"{tflops('fwd', 256, False, seqlen, ms):.0f}", sample_clocks(fn, 2.0)))
+            print(*rows[-1], flush=True)
+            del fn
+            torch.cuda.empty_cache()
+    os.environ.pop("FLASH256_SCHEDULER", None)
+    print(f"\n| call (after {warmup_ms / 1e3:.0f} s warm) | TFLOP/s | clock, power |\n|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 if __name__ == "__main__":
-    matmul_ceiling() if sys.argv[1:] == ["--matmul"] else main()
+    {"--matmul": matmul_ceiling, "--long": long_context}.get(" ".join(sys.argv[1:]), main)()

@@ -118,7 +118,7 @@ def inputs(d, seqlen, layout):
 
 
 def tflops(direction, d, causal, seqlen, ms):
-    flops = 4 * (32768 // seqlen) * 2048 * seqlen * seqlen / (2 if causal else 1) * (2.5 if direction == "bwd" else 1)
+    flops = 4 * max(1, 32768 // seqlen) * 2048 * seqlen * seqlen / (2 if causal else 1) * (2.5 if direction == "bwd" else 1)
     return flops / ms / 1e9
 
 
