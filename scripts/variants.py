@@ -118,7 +118,8 @@ def inputs(d, seqlen, layout):
 
 
 def tflops(direction, d, causal, seqlen, ms):
-    flops = 4 * max(1, 32768 // seqlen) * 2048 * seqlen * seqlen / (2 if causal else 1) * (2.5 if direction == "bwd" else 1)
+    batch = max(1, 32768 // seqlen)  # 32k tokens per batch, 2048 // d heads of d dims
+    flops = 4 * batch * 2048 * seqlen * seqlen / (2 if causal else 1) * (2.5 if direction == "bwd" else 1)
     return flops / ms / 1e9
 
 
