@@ -64,9 +64,10 @@ PATCHES = {
             "CONFIG_D256 = Sm90FwdConfig(head_dim=256, block_n=64, k_stages=2, v_stages=2)")],
     # the persistent schedulers' d=256 kernel with a quarter of Q in registers instead of half: ptxas then keeps
     # 16 exp2 under the PV wgmma as the one-tile kernel does, instead of 9 (CPU compile, nineteenth session)
-    "qr64persist": [("    q, k, v = _tma_operand(q), _tma_operand(k), _tma_operand(v)\n",
+    "qr64persist": [("from dataclasses import dataclass\n", "from dataclasses import dataclass, replace\n"),
+                    ("    q, k, v = _tma_operand(q), _tma_operand(k), _tma_operand(v)\n",
                      "    if sched != 'single' and config is None and head_dim == 256:\n"
-                     "        cfg = __import__('dataclasses').replace(cfg, q_reg_cols=64)\n"
+                     "        cfg = replace(cfg, q_reg_cols=64)\n"
                      "    q, k, v = _tma_operand(q), _tma_operand(k), _tma_operand(v)\n")],
     # the static persistent scheduler where "single" is the default
     "static": [('kv_bytes > L2_SECTION_BYTES else "single"', 'kv_bytes > L2_SECTION_BYTES else "static"')],
