@@ -19,6 +19,8 @@ and not) for variants of the kernel built from its source with one change each, 
   base      the kernel as shipped
   name=path another version of sm90_fwd.py, or a unified diff against it (`.patch`, as bwd_probe.py takes;
             first checked against the reference: d 64/128/256, causal both, ragged and unequal seqlens, GQA)
+  old=path  a previously shipped sm90_fwd.py (git show <commit>:flash256/kernels/sm90_fwd.py > path): timed
+            against base without the check, as base is
   hot       the producer loads K/V block j % 2 instead of j: the same TMA traffic, but always L2 hits
   noload    the producer arrives on the ready barriers without loading: no K/V traffic at all, same sync
   halfload  the producer loads every other round of the K/V ring and arrives without loading on the others, so
@@ -215,8 +217,8 @@ def interleaved(variants, cases, rounds=2, dims=(256, ), clocks=False, checked=T
     modules = {}
     for variant in variants:
         modules[variant] = module_for(variant)
-        if variant == "base" or variant in TIMING_ONLY or not checked:
-            continue  # the shipped kernel: the test suite checks it; timing probes are wrong on purpose
+        if variant == "base" or variant.startswith("old=") or variant in TIMING_ONLY or not checked:
+            continue  # the shipped kernel (or a previously shipped one, old=path): the test suite checks it
         mod = modules[variant]
         failures = [f for scheduler in SCHEDULERS for f in check(mod, dims, scheduler)]
         failures += check(mod, dims, window=(300, 0)) + check(mod, dims, window=(200, 100), softcap=20.0)
