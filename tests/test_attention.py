@@ -163,7 +163,7 @@ def test_gpu_auto_uses_fast_path_on_hopper():
 @pytest.mark.gpu
 @pytest.mark.parametrize("scheduler", ["single", "static", "dynamic"])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("head_dim", [128, 256])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_gpu_forward_schedulers(head_dim, causal, scheduler, monkeypatch):
     """Every tile scheduler of the Gluon forward (FLASH256_SCHEDULER) gives the reference's answer; the
     persistent ones run 272 tiles (17 x 2 x 8) on at most one CTA per SM, so each CTA takes several."""
