@@ -166,7 +166,8 @@ def test_gpu_auto_uses_fast_path_on_hopper():
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_gpu_forward_schedulers(head_dim, causal, scheduler, monkeypatch):
     """Every tile scheduler of the Gluon forward (FLASH256_SCHEDULER) gives the reference's answer; the
-    persistent ones run 272 tiles (17 x 2 x 8) on at most one CTA per SM, so each CTA takes several."""
+    persistent ones run 272 tiles (17 x 2 x 8; d=64's 192-row tiles: 176) on at most one CTA per SM, so
+    CTAs take several."""
     monkeypatch.setenv("FLASH256_SCHEDULER", scheduler)
     torch.manual_seed(4)
     q, k, v = make_inputs(2, 2100, 1500, 8, 2, head_dim, torch.bfloat16)
