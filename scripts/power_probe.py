@@ -24,12 +24,12 @@ import triton
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import flash256  # noqa: E402
 from fwd_probe import sample_clocks  # noqa: E402
-from variants import tflops  # noqa: E402
+from variants import batch_size, tflops  # noqa: E402
 from flash256.bench.timing import Timer  # noqa: E402
 
 
 def call(backend, direction, causal, seqlen):
-    shape = (max(1, 32768 // seqlen), seqlen, 8, 256)
+    shape = (batch_size(seqlen), seqlen, 8, 256)
     q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     if backend == "cudnn":
         q, k, v = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))

@@ -112,14 +112,19 @@ def check(direction, d, causal):
     return all(ok for ok, _ in results), "; ".join(m for _, m in results)
 
 
+def batch_size(seqlen):
+    """The probes' batch: 32k tokens in all (one sequence at least), 2048 // d heads of d dims."""
+    return max(1, 32768 // seqlen)
+
+
 def inputs(d, seqlen, layout):
-    shape = (32768 // seqlen, seqlen, 2048 // d, d) if layout == "bshd" else (32768 // seqlen, 2048 // d, seqlen, d)
+    batch = batch_size(seqlen)
+    shape = (batch, seqlen, 2048 // d, d) if layout == "bshd" else (batch, 2048 // d, seqlen, d)
     return [torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
 
 
 def tflops(direction, d, causal, seqlen, ms):
-    batch = max(1, 32768 // seqlen)  # 32k tokens per batch, 2048 // d heads of d dims
-    flops = 4 * batch * 2048 * seqlen * seqlen / (2 if causal else 1) * (2.5 if direction == "bwd" else 1)
+    flops = 4 * batch_size(seqlen) * 2048 * seqlen * seqlen / (2 if causal else 1) * (2.5 if direction == "bwd" else 1)
     return flops / ms / 1e9
 
 
