@@ -85,6 +85,14 @@ def store_tile(tile, smem, desc, ptr, row_stride, batch, first_row, row_start, h
 
 
 @gluon.jit
+def opaque_zero(x):
+    """0 from an asm statement the compiler may neither fold nor move (x only gives it a place in the code).
+    A shared-memory index offset by it is computed where it is used: a persistent loop then recomputes its
+    per-thread addresses on each tile instead of holding them in registers through the key loop."""
+    return gl.inline_asm_elementwise("mov.u32 $0, 0;", "=r,r", [x], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
 def clip_to_sequence(lo, hi, start, seq_len, VARLEN: gl.constexpr):
     """Blocks [lo, hi) of a tile starting at row `start` of its sequence; none when a packed sequence
     ends before it (the grid covers the longest sequence). Fixed-length grids have no such tiles."""
