@@ -6,8 +6,8 @@
 # 92 MB wheel holding a 193 MB MLIR library. So the wheels are unpacked here and re-packed as two xz tarballs:
 #   .fa4a/cu13.tar.xz   the CUDA-13 libraries of nvidia-cutlass-dsl (~61 MiB; xz -9e takes ~4 min on 2 cores)
 #   .fa4b/rest.tar.xz   flash-attn-4, the rest of nvidia-cutlass-dsl, quack-kernels, apache-tvm-ffi, ... (~6 MiB)
-# Two calls on one warm machine: the first carries .fa4a and unpacks it into .fa4site (ignored paths there are
-# kept between calls), the second carries .fa4b and runs scripts/fa4_bench.sh. Versions: those of anchors.md's
+# Two calls on one warm machine: the first carries .fa4a and unpacks it into /tmp/fa4site (kept while the machine
+# is), the second carries .fa4b and runs scripts/fa4_bench.sh. Versions: those of anchors.md's
 # flash-attn-4 figures (4.0.0b36), with the cutlass-dsl release it was published against.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,6 +3,7 @@
     python scripts/fwd_probe.py [variant ...]     variant: base | hot | noload | name=path/to/sm90_fwd_variant.py
     python scripts/fwd_probe.py --long [variant ...]   d=256 non-causal: 32k-128k (dynamic scheduler), varlen
     python scripts/fwd_probe.py --ab [variant ...]     d=256 4k/16k, causal and not
+    python scripts/fwd_probe.py --sched [variant ...]  d=256 32k-128k, causal and not, single vs dynamic scheduler
     python scripts/fwd_probe.py --short [variant ...]  d=256 1k-8k non-causal, 1k-2k causal
     python scripts/fwd_probe.py --window [variant ...] d=256 causal sliding windows (Gemma 2/3 layers)
     python scripts/fwd_probe.py --small [variant ...]  d=128 and d=64 at 2k and 8k, causal and not
@@ -166,6 +167,16 @@ def long_cases():
                                                  max_seqlen_k=max(lengths)), 4 * 8 * 256 * sum(n * n for n in lengths))
 
 
+def scheduler_cases():
+    """d=256 at 32k-128k (batch 1, 8 heads), non-causal and causal, under the "single" and "dynamic" schedulers
+    (the default picks dynamic for plain non-causal past 32k; single elsewhere)."""
+    for seqlen, causal in ((32768, False), (65536, False), (131072, False), (32768, True), (65536, True)):
+        qkv = _bshd(1, seqlen)
+        for scheduler in ("single", "dynamic"):
+            yield (f"{seqlen // 1024}k{' causal' if causal else ''} {scheduler}", qkv,
+                   dict(causal=causal, scheduler=scheduler), 4 * 8 * 256 * seqlen ** 2 / (2 if causal else 1))
+
+
 def ab_cases():
     """d=256 at 4k and 16k (32k tokens), causal and not: the bench's shapes where the default scheduler is "single"."""
     for seqlen in (4096, 16384):
@@ -249,6 +260,8 @@ def interleaved(variants, cases, rounds=2, dims=(256, ), clocks=False, checked=T
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--long"]:
         interleaved(sys.argv[2:] or ["base"], long_cases())
+    elif sys.argv[1:2] == ["--sched"]:
+        interleaved(sys.argv[2:] or ["base"], scheduler_cases(), rounds=3)
     elif sys.argv[1:2] == ["--ab"]:
         interleaved(sys.argv[2:] or ["base"], ab_cases())
     elif sys.argv[1:2] == ["--short"]:
