@@ -3,9 +3,11 @@
     python scripts/fwd_trace.py [SEQLEN ...]     (default 1024 4096 16384; bench shapes: bf16, 8 heads, 32k tokens)
     python scripts/fwd_trace.py --compile         (CPU: build the traced kernel for sm_90a, report spills, exit)
 
-The same-run bench puts a ~10 us fixed cost on each forward tile of ours (a line through the per-wave times of
-1k-32k non-causal crosses zero keys at 9.5-14 us) against ~2-4 us for flash-attn-4 and cuDNN, which is why we
-lead from 8k and trail at 1k-4k. This probe finds that cost. It builds sm90_fwd.py with a timestamp stream (the
+The same-run bench (H100, 2026-12-07) puts a fixed cost on our forward that the others lack: a line through its
+time per wave of tiles (2048 tiles, ~16 waves at every seqlen) at 1k-32k non-causal meets zero keys at ~11.5 us,
+against ~4-6 us for cuDNN and flash-attn-4; that is why we lead from 8k and trail at 1k-4k. Per tile (launch,
+prologue, epilogue) or per call (~180 us: host time the bench's timer sees)? This probe tells. It builds
+sm90_fwd.py with a timestamp stream (the
 global nanosecond timer, from one thread of each partition) under the one-tile-per-CTA scheduler:
   producer  start (and its SM), all loads issued
   each consumer warpgroup  its Q landed, its first S = QK^T done, its last PV done, its epilogue done (O stored)
@@ -127,14 +129,21 @@ def main(seqlens):
     for seqlen in seqlens:
         torch.manual_seed(0)
         q, k, v = (torch.randn(32768 // seqlen, seqlen, 8, 256, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        for _ in range(20):  # compile, then warm the clocks; the last call's trace is kept
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for i in range(40):  # compile and warm the clocks, then 20 calls back to back; the last call's trace is kept
+            if i == 20:
+                start.record()
             mod.sm90_forward(q, k, v, 0.0625, False, scheduler="single")
+        end.record()
         torch.cuda.synchronize()
+        ms = start.elapsed_time(end) / 20
         trace = mod.last_trace.cpu().numpy()
         assert (trace[:, [0, 3, 6, 7, 10]] > 0).all(), "a CTA left a stamp unwritten"
         phases = summarize(trace, seqlen // sm90_fwd.CONFIGS[256].block_n)
         wall = (trace[:, [6, 10]].max() - trace[:, 0].min()) / 1e3
-        print(f"\n## d=256 non-causal {seqlen // 1024}k: {len(trace)} CTAs, first start to last end {wall:.0f} us")
+        rate = 4 * 32768 * 8 * 256 * seqlen / ms / 1e9
+        print(f"\n## d=256 non-causal {seqlen // 1024}k: {len(trace)} CTAs, first start to last end {wall:.0f} us; "
+              f"back to back {ms * 1e3:.0f} us per call ({rate:.0f} TFLOP/s, stamps included)")
         for name, x in phases.items():
             print(f"{name:52s} {x.mean():8.2f} {np.median(x):8.2f} {np.percentile(x, 10):8.2f} "
                   f"{np.percentile(x, 90):8.2f}")
