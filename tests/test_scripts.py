@@ -237,3 +237,42 @@ def test_sass_control_reads_scoreboards_and_finds_a_load_waited_on_before_a_wgmm
     assert tool.load_waits(body) == [hgmma, fmul, hgmma_s]
     # the FMUL waits for the load while S^T's wgmma group is being issued (after the ARRIVE, before its last wgmma)
     assert tool.waits_in_wgmma_issue(body) == [(fmul, {"LDG"})]
+
+
+def test_fwd_trace_builds_its_stamped_kernel_for_sm90():
+    """fwd_trace's edits each find their one place in the shipped sm90_fwd.py, and the stamped kernel compiles
+    for sm_90a with no spills: a kernel change that moves a stamped line fails here, not in a device call."""
+    code = textwrap.dedent("""
+        import sys; sys.path.insert(0, "scripts"); import fwd_trace
+        from flash256.kernels.compile_target import dump_sass, sass_stats
+        module = fwd_trace.traced_module()
+        compiled = module.compile_sm90(module.CONFIGS[256], False, "single")
+        sass = dump_sass(compiled)
+        stats = sass_stats(compiled, sass)
+        print(stats["spill_stores"], stats["spill_loads"], sass.count("SR_GLOBALTIMERLO"))
+        """)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=SCRIPTS.parent, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    spill_stores, spill_loads, timer_reads = map(int, proc.stdout.split())
+    assert (spill_stores, spill_loads) == (0, 0)
+    assert timer_reads == 2 + 4 * 2  # the producer's start and loads issued, four stamps per consumer warpgroup
+
+
+def test_fwd_trace_summary_reads_the_stamps_as_written():
+    """fwd_trace's phases from a synthetic trace: two SMs, two CTAs each, with known Q wait (2 us), first block
+    (1 us), loop (27 us over 15 blocks), epilogue (2 / 2.5 us) and a 7 us gap before each SM's second CTA."""
+    import numpy as np
+    trace = np.zeros((4, 12), np.int64)
+    for cta in range(4):
+        s = 1000 + (cta // 2) * 40000
+        trace[cta, :11] = (s, cta % 2, s + 500, s + 2000, s + 3000, s + 30000, s + 32000,
+                           s + 2100, s + 3100, s + 30500, s + 33000)
+    phases = {name: float(values.mean()) for name, values in _script("fwd_trace").summarize(trace, 16).items()}
+    assert phases["launch gap (start - previous CTA's end, same SM)"] == 7.0
+    assert phases["Q wait, wg0 (start -> Q landed)"] == 2.0
+    assert phases["first block, wg0 (Q landed -> S_0 done)"] == 1.0
+    assert phases["key loop per block, wg0"] == 1.8
+    assert phases["epilogue, wg1"] == 2.5
+    assert phases["CTA total (start -> last epilogue done)"] == 33.0
