@@ -7,8 +7,8 @@ The same-run bench (H100, 2026-12-07) puts a fixed cost on our forward that the 
 time per wave of tiles (2048 tiles, ~16 waves at every seqlen) at 1k-32k non-causal meets zero keys at ~11.5 us,
 against ~4-6 us for cuDNN and flash-attn-4; that is why we lead from 8k and trail at 1k-4k. Per tile (launch,
 prologue, epilogue) or per call (~180 us: host time the bench's timer sees)? This probe tells. It builds
-sm90_fwd.py with a timestamp stream (the
-global nanosecond timer, from one thread of each partition) under the one-tile-per-CTA scheduler:
+sm90_fwd.py with a timestamp stream (the global nanosecond timer, from one thread of each partition) under the
+one-tile-per-CTA scheduler:
   producer  start (and its SM), all loads issued
   each consumer warpgroup  its Q landed, its first S = QK^T done, its last PV done, its epilogue done (O stored)
 and prints per CTA, in us: launch gap (this CTA's start - the end of the CTA before it on the same SM), Q wait
@@ -29,7 +29,6 @@ from flash256.kernels import sm90_fwd  # noqa: E402
 FIELDS = ("start", "smid", "issued",
           "q0", "s0", "loop0", "epi0",
           "q1", "s1", "loop1", "epi1")
-WIDTH = 12  # int64 per CTA
 
 STAMP = '''
 TRACE_WIDTH = gl.constexpr(12)
@@ -61,7 +60,7 @@ EDITS = [
     ("                         tile_counter, qk_scale, seqlen_q,", "                         tile_counter, trace, qk_scale, seqlen_q,", 1),
     ("cu_q, cu_k, tile_counter, qk_scale,", "cu_q, cu_k, tile_counter, last_trace, qk_scale,", 1),
     ("    sm90_attn_fwd_kernel[(grid, )](",
-     "    global last_trace\n    last_trace = torch.zeros((grid, TRACE_WIDTH), dtype=torch.int64, device=q.device)\n"
+     "    global last_trace\n    last_trace = torch.zeros((grid, TRACE_WIDTH.value), dtype=torch.int64, device=q.device)\n"
      "    sm90_attn_fwd_kernel[(grid, )](", 1),
     ('tile_counter="*i32", qk_scale="fp32",', 'tile_counter="*i32", trace="*i64", qk_scale="fp32",', 1),
     # producer: start, SM, all loads issued (one tile per CTA: the loop runs once)

@@ -240,24 +240,39 @@ def test_sass_control_reads_scoreboards_and_finds_a_load_waited_on_before_a_wgmm
 
 
 def test_fwd_trace_builds_its_stamped_kernel_for_sm90():
-    """fwd_trace's edits each find their one place in the shipped sm90_fwd.py, and the stamped kernel compiles
-    for sm_90a with no spills: a kernel change that moves a stamped line fails here, not in a device call."""
+    """fwd_trace's edits each find their one place in the shipped sm90_fwd.py, the stamped kernel compiles for
+    sm_90a with no spills, and the host side hands the kernel a (grid, 12) int64 trace right after the tile
+    counter (launch replaced, CPU tensors): a kernel change that moves a stamped line fails here, not in a device
+    call."""
     code = textwrap.dedent("""
-        import sys; sys.path.insert(0, "scripts"); import fwd_trace
+        import sys; sys.path.insert(0, "scripts"); import fwd_trace, torch
         from flash256.kernels.compile_target import dump_sass, sass_stats
         module = fwd_trace.traced_module()
         compiled = module.compile_sm90(module.CONFIGS[256], False, "single")
         sass = dump_sass(compiled)
         stats = sass_stats(compiled, sass)
         print(stats["spill_stores"], stats["spill_loads"], sass.count("SR_GLOBALTIMERLO"))
+        launches = []
+        class Launcher:
+            def __getitem__(self, grid):
+                return lambda *args, **kwargs: launches.append((grid, args))
+        module.sm90_attn_fwd_kernel = Launcher()
+        q = torch.randn(2, 256, 8, 256, dtype=torch.bfloat16)
+        module.sm90_forward(q, q, q, 0.0625, False, scheduler="single")
+        (grid, args), = launches
+        trace = args[10]
+        print(grid[0], *trace.shape, trace.dtype, trace is module.last_trace, args[9].dtype)
         """)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=SCRIPTS.parent, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    spill_stores, spill_loads, timer_reads = map(int, proc.stdout.split())
+    build, host = proc.stdout.splitlines()
+    spill_stores, spill_loads, timer_reads = map(int, build.split())
     assert (spill_stores, spill_loads) == (0, 0)
     assert timer_reads == 2 + 4 * 2  # the producer's start and loads issued, four stamps per consumer warpgroup
+    # 2 x 256 rows of 8 heads: 2 * 2 * 8 tiles of 128 rows, one CTA each; args[9] is the tile counter
+    assert host.split() == ["32", "32", "12", "torch.int64", "True", "torch.int32"], host
 
 
 def test_fwd_trace_summary_reads_the_stamps_as_written():
