@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from variants import probe_module  # noqa: E402
+from variants import batch_size, probe_module, tflops  # noqa: E402
 
 from flash256.kernels import sm90_fwd  # noqa: E402
 
@@ -57,22 +57,17 @@ EDITS = [
     ("\n@gluon.jit\ndef _tile_coords(", STAMP, 1),
     ("bars, tile_slot, o_desc", "bars, tile_slot, trace, o_desc", 2),
     ("bars, tile_slot, tile_counter,", "bars, tile_slot, trace, tile_counter,", 2),
-    ("                         tile_counter, qk_scale, seqlen_q,", "                         tile_counter, trace, qk_scale, seqlen_q,", 1),
+    ("\n                         tile_counter, qk_scale,", "\n                         tile_counter, trace, qk_scale,", 1),
     ("cu_q, cu_k, tile_counter, qk_scale,", "cu_q, cu_k, tile_counter, last_trace, qk_scale,", 1),
     ("    sm90_attn_fwd_kernel[(grid, )](",
      "    global last_trace\n    last_trace = torch.zeros((grid, TRACE_WIDTH.value), dtype=torch.int64, device=q.device)\n"
      "    sm90_attn_fwd_kernel[(grid, )](", 1),
     ('tile_counter="*i32", qk_scale="fp32",', 'tile_counter="*i32", trace="*i64", qk_scale="fp32",', 1),
     # producer: start, SM, all loads issued (one tile per CTA: the loop runs once)
-    ("    tile_iter = 0\n    tile = gl.program_id(0)\n    while tile < num_tiles:\n        m_block, bh = _tile_coords(tile, "
-     "num_m_blocks, num_heads_total, heads_per_section, RIGHT_BOUNDED)\n        b = bh // num_heads\n        h = bh - b * "
-     "num_heads\n        kv_h = h // group_size",
-     "    tile_iter = 0\n    tile = gl.program_id(0)\n    _stamp(trace, tile, 0, 1)\n    _stamp(trace, tile, 1, 1, True)\n"
-     "    while tile < num_tiles:\n        m_block, bh = _tile_coords(tile, "
-     "num_m_blocks, num_heads_total, heads_per_section, RIGHT_BOUNDED)\n        b = bh // num_heads\n        h = bh - b * "
-     "num_heads\n        kv_h = h // group_size", 1),
+    ("        kv_h = h // group_size\n",
+     "        kv_h = h // group_size\n        _stamp(trace, tile, 0, 1)\n        _stamp(trace, tile, 1, 1, True)\n", 1),
     ("            kv_iter += 1\n        if SCHEDULER == 2:",
-     "            kv_iter += 1\n        _stamp(trace, gl.program_id(0), 2, 1)\n        if SCHEDULER == 2:", 1),
+     "            kv_iter += 1\n        _stamp(trace, tile, 2, 1)\n        if SCHEDULER == 2:", 1),
     ("        mbarrier.wait(q_ready.index(WG), tile_iter & 1)\n",
      "        mbarrier.wait(q_ready.index(WG), tile_iter & 1)\n        _stamp(trace, tile, 3 + 4 * WG, 4)\n", 1),
     ("            s = warpgroup_mma_wait(0, deps=(s, ))\n            mbarrier.arrive(k_empty.index(stage))\n",
@@ -127,7 +122,8 @@ def main(seqlens):
     print(f"{'us per CTA (mean / median / p10 / p90)':52s}")
     for seqlen in seqlens:
         torch.manual_seed(0)
-        q, k, v = (torch.randn(32768 // seqlen, seqlen, 8, 256, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        q, k, v = (torch.randn(batch_size(seqlen), seqlen, 8, 256, device="cuda", dtype=torch.bfloat16)
+                   for _ in range(3))
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         for i in range(40):  # compile and warm the clocks, then 20 calls back to back; the last call's trace is kept
             if i == 20:
@@ -140,7 +136,7 @@ def main(seqlens):
         assert (trace[:, [0, 3, 6, 7, 10]] > 0).all(), "a CTA left a stamp unwritten"
         phases = summarize(trace, seqlen // sm90_fwd.CONFIGS[256].block_n)
         wall = (trace[:, [6, 10]].max() - trace[:, 0].min()) / 1e3
-        rate = 4 * 32768 * 8 * 256 * seqlen / ms / 1e9
+        rate = tflops("fwd", 256, False, seqlen, ms)
         print(f"\n## d=256 non-causal {seqlen // 1024}k: {len(trace)} CTAs, first start to last end {wall:.0f} us; "
               f"back to back {ms * 1e3:.0f} us per call ({rate:.0f} TFLOP/s, stamps included)")
         for name, x in phases.items():
