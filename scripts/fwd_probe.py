@@ -12,8 +12,8 @@
     python scripts/fwd_probe.py --traffic [variant ...]  d=256 16k/32k, with each variant's SM clock and power
                                                           (timing only: no variant is checked first)
       (every mode but the first: variants interleaved on the same tensors, two rounds, 250 ms
-       warm-up; q0 = the kernel without Q in registers, static / dynamic = that persistent scheduler
-       where "single" is the default)
+       warm-up; q0 = the kernel without Q in registers, static / single = that scheduler
+       where "dynamic" is the default)
 
 Times `sm90_forward` (bf16, 32k tokens, 2048 // d heads: d=256 at 4k and 16k, d=128 and d=64 at 8k; causal
 and not) for variants of the kernel built from its source with one change each, in one process:
@@ -72,10 +72,10 @@ PATCHES = {
                      "    if sched != 'single' and config is None and head_dim == 256:\n"
                      "        cfg = replace(cfg, q_reg_cols=64)\n"
                      "    q, k, v = _tma_operand(q), _tma_operand(k), _tma_operand(v)\n")],
-    # the static persistent scheduler where "single" is the default
-    "static": [('kv_bytes > L2_SECTION_BYTES else "single"', 'kv_bytes > L2_SECTION_BYTES else "static"')],
-    # the dynamic persistent scheduler (atomic tile counter) where "single" is the default
-    "dynamic": [('kv_bytes > L2_SECTION_BYTES else "single"', 'kv_bytes > L2_SECTION_BYTES else "dynamic"')],
+    # the static persistent scheduler where "dynamic" is the default
+    "static": [('return "dynamic" if cfg.head_dim', 'return "static" if cfg.head_dim')],
+    # one tile per CTA where "dynamic" is the default
+    "single": [('return "dynamic" if cfg.head_dim', 'return "single" if cfg.head_dim')],
 }
 
 
@@ -157,7 +157,7 @@ def _bshd(batch, seqlen):
 
 
 def long_cases():
-    """d=256 non-causal at 32k-128k on the dynamic scheduler (the default there), and a packed batch of uneven
+    """d=256 non-causal at 32k-128k on the dynamic scheduler (the default), and a packed batch of uneven
     sequences (32k tokens, one-tile-per-CTA scheduler)."""
     for seqlen in (32768, 65536, 131072):
         yield f"{seqlen // 1024}k", _bshd(1, seqlen), dict(scheduler="dynamic"), 4 * 8 * 256 * seqlen ** 2
@@ -169,7 +169,7 @@ def long_cases():
 
 def scheduler_cases():
     """d=256 at 32k-128k (batch 1, 8 heads), non-causal and causal, under the "single" and "dynamic" schedulers
-    (the default picks dynamic for plain non-causal past 32k; single elsewhere)."""
+    (the default picks dynamic for both)."""
     for seqlen, causal in ((32768, False), (65536, False), (131072, False), (32768, True), (65536, True)):
         qkv = _bshd(1, seqlen)
         for scheduler in ("single", "dynamic"):
@@ -178,7 +178,7 @@ def scheduler_cases():
 
 
 def ab_cases():
-    """d=256 at 4k and 16k (32k tokens), causal and not: the bench's shapes where the default scheduler is "single"."""
+    """d=256 at 4k and 16k (32k tokens), causal and not: the bench's mid-length shapes."""
     for seqlen in (4096, 16384):
         for causal in (False, True):
             yield (f"{seqlen // 1024}k{' causal' if causal else ''}", _bshd(32768 // seqlen, seqlen),

@@ -27,8 +27,8 @@ Tiles are handed out by a scheduler: "single" (one tile per CTA, grid = number o
 producer takes the next tile from a global atomic counter and passes it to the consumers through
 shared memory). Tile order is longest-first for causal and groups heads into L2-sized sections so
 that concurrent CTAs share K/V in L2. Pick with the `scheduler` argument or FLASH256_SCHEDULER; the
-default (`default_scheduler`) is "dynamic" at d <= 128 and for plain non-causal d=256 attention whose
-per-head K/V outgrows the L2 section, "single" otherwise (varlen: always "single").
+default (`default_scheduler`) is "dynamic", except at d=256 with a window, soft cap or sink and with the exp2
+polynomial ("single"; varlen: always "single").
 """
 from __future__ import annotations
 
@@ -622,19 +622,18 @@ def tma_descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
                             smem_layout(head_dim, rows, _GL_DTYPES[t.dtype]))
 
 
-def default_scheduler(cfg: Sm90FwdConfig, seqlen_k: int, causal: bool, window: tuple[int, int], softcap: float,
-                      has_sink: bool, poly_eighths: int = 0) -> str:
-    """"dynamic" at d <= 128: a persistent CTA loads its next tile's K/V while it finishes this one, which pays
-    where tiles are short (H100, 1k-2k: up to +14% causal, level at 8k; NOTES.md). At d=256 only for plain
-    non-causal attention whose one head's K and V outgrow the L2 section: one-tile-per-CTA grids then drift
-    apart along the K/V stream and lose L2 reuse (H200, 128k: 599 -> 673 TFLOP/s). "single" for the rest of
-    d=256, where it measured best or level (causal 4k-128k, and 4k-32k non-causal). The exp2 polynomial
-    (poly_eighths > 0) keeps "single" at d <= 128: with the persistent tile loop's scalars it spills in the key loop."""
-    if cfg.head_dim <= 128 and poly_eighths == 0:
-        return "dynamic"
-    plain = not causal and window == (-1, -1) and softcap == 0 and not has_sink
-    kv_bytes = 2 * seqlen_k * cfg.head_dim * cfg.elem_bytes
-    return "dynamic" if plain and kv_bytes > L2_SECTION_BYTES else "single"
+def default_scheduler(cfg: Sm90FwdConfig, window: tuple[int, int], softcap: float, has_sink: bool,
+                      poly_eighths: int = 0) -> str:
+    """"dynamic" (persistent grid, atomic tile counter): a persistent CTA loads its next tile's K/V while it
+    finishes this one, and its L2-sectioned order keeps the SMs on the same K/V where one head's K and V outgrow
+    the L2. H100 against "single" (one tile per CTA), NOTES.md: d <= 128 up to +14% at 1k-2k, level at 8k; d=256
+    +2% at 1k-2k, level at 4k-32k, causal 64k +2-5%, non-causal 64k-128k level to -2.5% (H200: 128k +12%).
+    "single" where the persistent kernel was not measured ahead: d=256 with a window, soft cap or sink, and the
+    exp2 polynomial (poly_eighths > 0), which with the tile loop's scalars spills in the key loop at d <= 128."""
+    if poly_eighths:
+        return "single"
+    plain = window == (-1, -1) and softcap == 0 and not has_sink
+    return "dynamic" if cfg.head_dim <= 128 or plain else "single"
 
 
 def _scheduler_name(scheduler: str | None, default: str) -> str:
@@ -672,7 +671,7 @@ def sm90_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scal
     varlen = cu_seqlens_q is not None
     # persistent CTAs would have to agree on skipping the tiles past a short sequence: not worth it
     sched = "single" if varlen else _scheduler_name(
-        scheduler, default_scheduler(cfg, seqlen_k, causal, window, softcap, sink is not None, poly_eighths))
+        scheduler, default_scheduler(cfg, window, softcap, sink is not None, poly_eighths))
     q, k, v = _tma_operand(q), _tma_operand(k), _tma_operand(v)
     out = torch.empty((batch, seqlen_q, nheads, head_dim), dtype=q.dtype, device=q.device)
     total_q = batch * seqlen_q
@@ -760,8 +759,8 @@ def compile_sm90(cfg: Sm90FwdConfig, causal: bool, scheduler: str = "single",
 def inspect_cases(arch: int = 90, schedulers: tuple[str, ...] = ()):
     """Shipped configurations for `python -m flash256.inspect`, compiled for sm_90a without a GPU.
 
-    Each case with the scheduler default_scheduler picks for it at seqlen 4k, and the d=256 long-sequence
-    default ("dynamic"); `schedulers` adds those schedulers for every configuration, causal and not.
+    Each case with the scheduler default_scheduler picks for it (varlen: "single"); `schedulers` adds those
+    schedulers for every configuration, causal and not.
     exp2 emulation variants (2 and 4 eighths on the FMA pipe) show MUFU.EX2 falling, FFMA rising.
     """
     from .compile_target import InspectCase
@@ -770,7 +769,7 @@ def inspect_cases(arch: int = 90, schedulers: tuple[str, ...] = ()):
 
     def case(cfg, causal, scheduler=None, label="", **options):
         window = (1024, 0) if options.get("left_bounded") else (-1, -1)
-        scheduler = scheduler or default_scheduler(cfg, 4096, causal, window, float(options.get("softcap", 0)),
+        scheduler = scheduler or default_scheduler(cfg, window, float(options.get("softcap", 0)),
                                                    options.get("sink", False), options.get("poly_eighths", 0))
         # the persistent tile loop's scalars exceed 160 registers between tiles (not in the key loop)
         budget = 32 if (cfg.consumer_warpgroups, causal, scheduler, options) == (3, False, "dynamic", {}) else 0
@@ -786,8 +785,6 @@ def inspect_cases(arch: int = 90, schedulers: tuple[str, ...] = ()):
     cases += [case(cfg, True, label=" window=(L,0) softcap", left_bounded=True, softcap=True)
               for cfg in CONFIGS.values()]
     cases += [case(cfg, True, label=" window=(L,0) sink", left_bounded=True, sink=True) for cfg in CONFIGS.values()]
-    # the default for long plain non-causal d=256 (default_scheduler)
-    cases += [case(CONFIG_D256, False, "dynamic", label=" (seqlen_k > 32k)")]
     cases += [case(cfg, causal, "single", label=" varlen", varlen=True)
               for cfg in CONFIGS.values() for causal in (False, True)]
     return cases
