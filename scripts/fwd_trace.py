@@ -1,19 +1,22 @@
 """Where does a d=256 forward tile's time go, start to end? (device call helper, issue 4)
 
-    python scripts/fwd_trace.py [SEQLEN ...]     (default 1024 4096 16384; bench shapes: bf16, 8 heads, 32k tokens)
-    python scripts/fwd_trace.py --compile         (CPU: build the traced kernel for sm_90a, report spills, exit)
+    python scripts/fwd_trace.py [--scheduler single|dynamic] [SEQLEN ...]
+                         (default dynamic, the shipped default; 1024 4096 16384; bench shapes: bf16, 8 heads, 32k tokens)
+    python scripts/fwd_trace.py --compile   (CPU: build the traced kernel for sm_90a, both schedulers, report spills)
 
 The same-run bench (H100, 2026-12-07) puts a fixed cost on our forward that the others lack: a line through its
 time per wave of tiles (2048 tiles, ~16 waves at every seqlen) at 1k-32k non-causal meets zero keys at ~11.5 us,
 against ~4-6 us for cuDNN and flash-attn-4; that is why we lead from 8k and trail at 1k-4k. Per tile (launch,
 prologue, epilogue) or per call (~180 us: host time the bench's timer sees)? This probe tells. It builds
-sm90_fwd.py with a timestamp stream (the global nanosecond timer, from one thread of each partition) under the
-one-tile-per-CTA scheduler:
-  producer  start (and its SM), all loads issued
+sm90_fwd.py with a timestamp stream (the global nanosecond timer, from one thread of each partition), one row per
+tile:
+  producer  start of the tile's loads (and its SM), all its loads issued
   each consumer warpgroup  its Q landed, its first S = QK^T done, its last PV done, its epilogue done (O stored)
-and prints per CTA, in us: launch gap (this CTA's start - the end of the CTA before it on the same SM), Q wait
-(start -> Q landed), first block (Q landed -> first S done), key loop (-> last PV done; and per key block),
-epilogue (-> O stored). Timing probe only: the stamps cost a few instructions per tile, not per key block.
+and prints per tile, in us: launch gap (this tile's producer start - the end of the tile before it on the same SM;
+negative under a persistent scheduler, whose producer runs ahead), previous end -> Q landed (what the consumers wait
+between tiles, either scheduler), Q wait (start -> Q landed), first block (Q landed -> first S done), key loop
+(-> last PV done; and per key block), epilogue (-> O stored). Timing probe only: the stamps cost a few
+instructions per tile, not per key block. First run (2026-12-07, one tile per CTA): NOTES.md, twenty-second session.
 """
 import pathlib
 import sys
@@ -60,7 +63,7 @@ EDITS = [
     ("\n                         tile_counter, qk_scale,", "\n                         tile_counter, trace, qk_scale,", 1),
     ("cu_q, cu_k, tile_counter, qk_scale,", "cu_q, cu_k, tile_counter, last_trace, qk_scale,", 1),
     ("    sm90_attn_fwd_kernel[(grid, )](",
-     "    global last_trace\n    last_trace = torch.zeros((grid, TRACE_WIDTH.value), dtype=torch.int64, device=q.device)\n"
+     "    global last_trace\n    last_trace = torch.zeros((num_tiles, TRACE_WIDTH.value), dtype=torch.int64, device=q.device)\n"
      "    sm90_attn_fwd_kernel[(grid, )](", 1),
     ('tile_counter="*i32", qk_scale="fp32",', 'tile_counter="*i32", trace="*i64", qk_scale="fp32",', 1),
     # producer: start, SM, all loads issued (one tile per CTA: the loop runs once)
@@ -93,16 +96,18 @@ def traced_module():
 
 
 def summarize(trace, block_count):
-    """Per-CTA phases in us, and the launch gap between consecutive CTAs on one SM."""
+    """Per-tile phases in us, and the gaps between consecutive tiles on one SM."""
     t = {name: trace[:, i].astype(np.float64) for i, name in enumerate(FIELDS)}
     end = np.maximum(t["epi0"], t["epi1"])
-    gaps = []
+    gaps, idle = [], []
     for sm in np.unique(t["smid"]):
         on_sm = np.flatnonzero(t["smid"] == sm)
         order = on_sm[np.argsort(t["start"][on_sm])]
         gaps.append(t["start"][order[1:]] - end[order[:-1]])
+        idle.append(t["q0"][order[1:]] - end[order[:-1]])
     phases = {
-        "launch gap (start - previous CTA's end, same SM)": np.concatenate(gaps),
+        "launch gap (start - previous tile's end, same SM)": np.concatenate(gaps),
+        "previous end -> Q landed, wg0 (same SM)": np.concatenate(idle),
         "start -> all loads issued (producer)": t["issued"] - t["start"],
         "Q wait, wg0 (start -> Q landed)": t["q0"] - t["start"],
         "Q wait, wg1": t["q1"] - t["start"],
@@ -112,14 +117,14 @@ def summarize(trace, block_count):
         "epilogue, wg0 (last PV done -> O stored)": t["epi0"] - t["loop0"],
         "epilogue, wg1": t["epi1"] - t["loop1"],
         "wg1 end - wg0 end": t["epi1"] - t["epi0"],
-        "CTA total (start -> last epilogue done)": end - t["start"],
+        "tile total (start -> last epilogue done)": end - t["start"],
     }
     return {name: x / 1e3 for name, x in phases.items()}
 
 
-def main(seqlens):
+def main(seqlens, scheduler):
     mod = traced_module()
-    print(f"{'us per CTA (mean / median / p10 / p90)':52s}")
+    print(f"{'us per tile (mean / median / p10 / p90)':52s}")
     for seqlen in seqlens:
         torch.manual_seed(0)
         q, k, v = (torch.randn(batch_size(seqlen), seqlen, 8, 256, device="cuda", dtype=torch.bfloat16)
@@ -128,16 +133,17 @@ def main(seqlens):
         for i in range(40):  # compile and warm the clocks, then 20 calls back to back; the last call's trace is kept
             if i == 20:
                 start.record()
-            mod.sm90_forward(q, k, v, 0.0625, False, scheduler="single")
+            mod.sm90_forward(q, k, v, 0.0625, False, scheduler=scheduler)
         end.record()
         torch.cuda.synchronize()
         ms = start.elapsed_time(end) / 20
         trace = mod.last_trace.cpu().numpy()
-        assert (trace[:, [0, 3, 6, 7, 10]] > 0).all(), "a CTA left a stamp unwritten"
+        assert (trace[:, [0, 3, 6, 7, 10]] > 0).all(), "a tile left a stamp unwritten"
         phases = summarize(trace, seqlen // sm90_fwd.CONFIGS[256].block_n)
         wall = (trace[:, [6, 10]].max() - trace[:, 0].min()) / 1e3
         rate = tflops("fwd", 256, False, seqlen, ms)
-        print(f"\n## d=256 non-causal {seqlen // 1024}k: {len(trace)} CTAs, first start to last end {wall:.0f} us; "
+        print(f"\n## d=256 non-causal {seqlen // 1024}k, {scheduler}: {len(trace)} tiles, first start to last end "
+              f"{wall:.0f} us; "
               f"back to back {ms * 1e3:.0f} us per call ({rate:.0f} TFLOP/s, stamps included)")
         for name, x in phases.items():
             print(f"{name:52s} {x.mean():8.2f} {np.median(x):8.2f} {np.percentile(x, 10):8.2f} "
@@ -147,14 +153,20 @@ def main(seqlens):
 def compile_only():
     from flash256.kernels.compile_target import dump_sass, ex2_under_wgmma, sass_stats
     mod = traced_module()
-    compiled = mod.compile_sm90(mod.CONFIGS[256], False, "single")
-    sass = dump_sass(compiled)
-    stats = sass_stats(compiled, sass)
-    print({k: stats[k] for k in ("registers", "spill_stores", "spill_loads")}, "ex2 under PV", ex2_under_wgmma(sass))
+    for scheduler in ("single", "dynamic"):
+        compiled = mod.compile_sm90(mod.CONFIGS[256], False, scheduler)
+        sass = dump_sass(compiled)
+        stats = sass_stats(compiled, sass)
+        print(scheduler, {k: stats[k] for k in ("registers", "spill_stores", "spill_loads")}, "ex2 under PV",
+              ex2_under_wgmma(sass))
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--compile"]:
+    args = sys.argv[1:]
+    if args == ["--compile"]:
         compile_only()
     else:
-        main([int(s) for s in sys.argv[1:]] or [1024, 4096, 16384])
+        scheduler = "dynamic"
+        if args[:1] == ["--scheduler"]:
+            scheduler, args = args[1], args[2:]
+        main([int(s) for s in args] or [1024, 4096, 16384], scheduler)

@@ -241,17 +241,18 @@ def test_sass_control_reads_scoreboards_and_finds_a_load_waited_on_before_a_wgmm
 
 def test_fwd_trace_builds_its_stamped_kernel_for_sm90():
     """fwd_trace's edits each find their one place in the shipped sm90_fwd.py, the stamped kernel compiles for
-    sm_90a with no spills, and the host side hands the kernel a (grid, 12) int64 trace right after the tile
-    counter (launch replaced, CPU tensors): a kernel change that moves a stamped line fails here, not in a device
-    call."""
+    sm_90a with no spills under both schedulers it traces, and the host side hands the kernel a (tiles, 12) int64
+    trace right after the tile counter (launch replaced, CPU tensors): a kernel change that moves a stamped line
+    fails here, not in a device call."""
     code = textwrap.dedent("""
         import sys; sys.path.insert(0, "scripts"); import fwd_trace, torch
         from flash256.kernels.compile_target import dump_sass, sass_stats
         module = fwd_trace.traced_module()
-        compiled = module.compile_sm90(module.CONFIGS[256], False, "single")
-        sass = dump_sass(compiled)
-        stats = sass_stats(compiled, sass)
-        print(stats["spill_stores"], stats["spill_loads"], sass.count("SR_GLOBALTIMERLO"))
+        for scheduler in ("single", "dynamic"):
+            compiled = module.compile_sm90(module.CONFIGS[256], False, scheduler)
+            sass = dump_sass(compiled)
+            stats = sass_stats(compiled, sass)
+            print(stats["spill_stores"], stats["spill_loads"], sass.count("SR_GLOBALTIMERLO"))
         launches = []
         class Launcher:
             def __getitem__(self, grid):
@@ -267,10 +268,12 @@ def test_fwd_trace_builds_its_stamped_kernel_for_sm90():
     proc = subprocess.run([sys.executable, "-c", code], cwd=SCRIPTS.parent, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    build, host = proc.stdout.splitlines()
-    spill_stores, spill_loads, timer_reads = map(int, build.split())
-    assert (spill_stores, spill_loads) == (0, 0)
-    assert timer_reads == 2 + 4 * 2  # the producer's start and loads issued, four stamps per consumer warpgroup
+    *builds, host = proc.stdout.splitlines()
+    assert len(builds) == 2
+    for build in builds:
+        spill_stores, spill_loads, timer_reads = map(int, build.split())
+        assert (spill_stores, spill_loads) == (0, 0)
+        assert timer_reads == 2 + 4 * 2  # the producer's start and loads issued, four stamps per consumer warpgroup
     # 2 x 256 rows of 8 heads: 2 * 2 * 8 tiles of 128 rows, one CTA each; args[9] is the tile counter
     assert host.split() == ["32", "32", "12", "torch.int64", "True", "torch.int32"], host
 
@@ -285,9 +288,10 @@ def test_fwd_trace_summary_reads_the_stamps_as_written():
         trace[cta, :11] = (s, cta % 2, s + 500, s + 2000, s + 3000, s + 30000, s + 32000,
                            s + 2100, s + 3100, s + 30500, s + 33000)
     phases = {name: float(values.mean()) for name, values in _script("fwd_trace").summarize(trace, 16).items()}
-    assert phases["launch gap (start - previous CTA's end, same SM)"] == 7.0
+    assert phases["launch gap (start - previous tile's end, same SM)"] == 7.0
+    assert phases["previous end -> Q landed, wg0 (same SM)"] == 9.0  # the gap, then the second CTA's Q wait
     assert phases["Q wait, wg0 (start -> Q landed)"] == 2.0
     assert phases["first block, wg0 (Q landed -> S_0 done)"] == 1.0
     assert phases["key loop per block, wg0"] == 1.8
     assert phases["epilogue, wg1"] == 2.5
-    assert phases["CTA total (start -> last epilogue done)"] == 33.0
+    assert phases["tile total (start -> last epilogue done)"] == 33.0
