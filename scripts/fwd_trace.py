@@ -1,7 +1,7 @@
 """Where does a d=256 forward tile's time go, start to end? (device call helper, issue 4)
 
     python scripts/fwd_trace.py [--scheduler single|dynamic] [SEQLEN ...]
-                         (default dynamic, the shipped default; 1024 4096 16384; bench shapes: bf16, 8 heads, 32k tokens)
+        (default: dynamic, the shipped default; 1024 4096 16384; bench shapes: bf16, 8 heads, 32k tokens)
     python scripts/fwd_trace.py --compile   (CPU: build the traced kernel for sm_90a, both schedulers, report spills)
 
 The same-run bench (H100, 2026-12-07) puts a fixed cost on our forward that the others lack: a line through its
@@ -60,13 +60,15 @@ EDITS = [
     ("\n@gluon.jit\ndef _tile_coords(", STAMP, 1),
     ("bars, tile_slot, o_desc", "bars, tile_slot, trace, o_desc", 2),
     ("bars, tile_slot, tile_counter,", "bars, tile_slot, trace, tile_counter,", 2),
-    ("\n                         tile_counter, qk_scale,", "\n                         tile_counter, trace, qk_scale,", 1),
+    ("\n                         tile_counter, qk_scale,",
+     "\n                         tile_counter, trace, qk_scale,", 1),
     ("cu_q, cu_k, tile_counter, qk_scale,", "cu_q, cu_k, tile_counter, last_trace, qk_scale,", 1),
     ("    sm90_attn_fwd_kernel[(grid, )](",
-     "    global last_trace\n    last_trace = torch.zeros((num_tiles, TRACE_WIDTH.value), dtype=torch.int64, device=q.device)\n"
+     "    global last_trace\n"
+     "    last_trace = torch.zeros((num_tiles, TRACE_WIDTH.value), dtype=torch.int64, device=q.device)\n"
      "    sm90_attn_fwd_kernel[(grid, )](", 1),
     ('tile_counter="*i32", qk_scale="fp32",', 'tile_counter="*i32", trace="*i64", qk_scale="fp32",', 1),
-    # producer: start, SM, all loads issued (one tile per CTA: the loop runs once)
+    # producer, per tile: start of its loads, SM, all its loads issued
     ("        kv_h = h // group_size\n",
      "        kv_h = h // group_size\n        _stamp(trace, tile, 0, 1)\n        _stamp(trace, tile, 1, 1, True)\n", 1),
     ("            kv_iter += 1\n        if SCHEDULER == 2:",
@@ -143,8 +145,7 @@ def main(seqlens, scheduler):
         wall = (trace[:, [6, 10]].max() - trace[:, 0].min()) / 1e3
         rate = tflops("fwd", 256, False, seqlen, ms)
         print(f"\n## d=256 non-causal {seqlen // 1024}k, {scheduler}: {len(trace)} tiles, first start to last end "
-              f"{wall:.0f} us; "
-              f"back to back {ms * 1e3:.0f} us per call ({rate:.0f} TFLOP/s, stamps included)")
+              f"{wall:.0f} us; back to back {ms * 1e3:.0f} us per call ({rate:.0f} TFLOP/s, stamps included)")
         for name, x in phases.items():
             print(f"{name:52s} {x.mean():8.2f} {np.median(x):8.2f} {np.percentile(x, 10):8.2f} "
                   f"{np.percentile(x, 90):8.2f}")
