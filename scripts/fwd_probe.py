@@ -11,8 +11,8 @@
     python scripts/fwd_probe.py --small-all [variant ...]    the same at 1k, 2k and 8k
     python scripts/fwd_probe.py --traffic [variant ...]  d=256 16k/32k, with each variant's SM clock and power
                                                           (timing only: no variant is checked first)
-      (every mode but the first: variants interleaved on the same tensors, two rounds, 250 ms
-       warm-up; q0 = the kernel without Q in registers, static / single = that scheduler
+      (every mode but the first: variants interleaved on the same tensors, two rounds (ROUNDS=n for n; each
+       round starts one variant later), 250 ms warm-up; q0 = the kernel without Q in registers, static / single = that scheduler
        where "dynamic" is the default)
 
 Times `sm90_forward` (bf16, 32k tokens, 2048 // d heads: d=256 at 4k and 16k, d=128 and d=64 at 8k; causal
@@ -32,6 +32,7 @@ Timing probes only: `hot`, `noload` and `halfload` compute garbage. While each 1
 SM clock and power, to tell a clock-limited kernel from a stalled one. `noload` multiplies whatever the
 shared memory holds, and tensor-core power depends on the data: compare its TFLOP/s per MHz, not its watts.
 """
+import os
 import pathlib
 import subprocess
 import sys
@@ -219,7 +220,8 @@ def traffic_cases():
                dict(causal=causal), 4 * 32768 * 2048 * seqlen / (2 if causal else 1))
 
 
-def interleaved(variants, cases, rounds=2, dims=(256, ), clocks=False, checked=True):
+def interleaved(variants, cases, rounds=int(os.environ.get("ROUNDS", 2)), dims=(256, ), clocks=False,
+                checked=True):
     """Every variant on the same tensors per case, in turn, `rounds` times (clock drift hits all alike);
     warm-up 250 ms so each timing is at the power-capped sustained clock (NOTES.md). Each variant is first
     checked at the head dims `dims` with every scheduler, a window and a soft cap. With `clocks`, each variant's
@@ -237,8 +239,11 @@ def interleaved(variants, cases, rounds=2, dims=(256, ), clocks=False, checked=T
     table, power = {}, {}
     for label, (q, k, v), options, flops in cases:
         options = {"causal": False, **options}
-        for _ in range(rounds):
-            for variant, mod in modules.items():
+        for r in range(rounds):
+            # each round starts one variant later, so no variant always runs first (an A/A/A run of three
+            # copies of the shipped kernel read 520-553 TFLOP/s at 1k: NOTES.md, twenty-third session)
+            order = list(modules.items())
+            for variant, mod in order[r % len(order):] + order[:r % len(order)]:
                 ms = triton.testing.do_bench(lambda: mod.sm90_forward(q, k, v, 0.0625, **options),
                                              warmup=250, rep=500, return_mode="median")
                 table.setdefault(label, {}).setdefault(variant, []).append(flops / ms / 1e9)
