@@ -34,7 +34,7 @@ from flash256 import dispatch  # noqa: E402
 from flash256.bench.timing import Timer  # noqa: E402
 from flash256.testing import accuracy_check, reference_results  # noqa: E402
 import variants  # noqa: E402  (scripts/variants.py, beside this file)
-from variants import probe_module, tflops  # noqa: E402
+from variants import probe_module, rotated, tflops  # noqa: E402
 from fwd_probe import sample_clocks  # noqa: E402  (nvidia-smi's SM clock and power while a call repeats)
 
 SOURCE = (ROOT / "flash256/kernels/sm90_bwd.py").read_text()
@@ -166,7 +166,7 @@ def main(variants, rounds=2):
         # addresses -- separate allocations moved one kernel by up to 8% in the first runs of this script.
         ours, cudnn = backward_call(d, causal, seqlen, False), backward_call(d, causal, seqlen, True)
         for r in range(rounds):
-            for variant in [*variants, "cudnn"]:
+            for variant in rotated([*variants, "cudnn"], r):
                 if variant != "cudnn":
                     use(modules[variant])
                 # 250 ms warm-up: timed at the power-capped sustained clock (NOTES.md), as the bench does

@@ -43,7 +43,7 @@ import triton
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from flash256.kernels.sm90_fwd import SCHEDULERS  # noqa: E402
-from variants import probe_module, tflops, variant_source  # noqa: E402  (scripts/variants.py, beside this file)
+from variants import probe_module, rotated, tflops, variant_source  # noqa: E402  (scripts/variants.py, beside this file)
 SOURCE = (ROOT / "flash256/kernels/sm90_fwd.py").read_text()
 
 LOAD_K = "tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + j * BLOCK_N, kv_h, 0],"
@@ -240,10 +240,7 @@ def interleaved(variants, cases, rounds=int(os.environ.get("ROUNDS", 2)), dims=(
     for label, (q, k, v), options, flops in cases:
         options = {"causal": False, **options}
         for r in range(rounds):
-            # each round starts one variant later, so no variant always runs first (an A/A/A run of three
-            # copies of the shipped kernel read 520-553 TFLOP/s at 1k: NOTES.md, twenty-third session)
-            order = list(modules.items())
-            for variant, mod in order[r % len(order):] + order[:r % len(order)]:
+            for variant, mod in rotated(modules.items(), r):
                 ms = triton.testing.do_bench(lambda: mod.sm90_forward(q, k, v, 0.0625, **options),
                                              warmup=250, rep=500, return_mode="median")
                 table.setdefault(label, {}).setdefault(variant, []).append(flops / ms / 1e9)

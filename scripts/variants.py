@@ -32,6 +32,13 @@ CASES = [(256, c, s) for c in (False, True) for s in (1024, 4096, 16384)] + \
         [(d, c, 8192) for d in (128, 64) for c in (False, True)]
 
 
+def rotated(items, r):
+    """`items` starting at position r (mod its length). Interleaved timings start each round one item later: run
+    in a fixed order, the last of a round read ~3% slow at 1k-2k (an A/A/A run, NOTES.md, twenty-third session)."""
+    items = list(items)
+    return items[r % len(items):] + items[:r % len(items)]
+
+
 def patch_chain(patch):
     """The patch and the ones it is written on top of: a first line `on top of: NAME` names the patch (beside it)
     that must be applied before it, so a variant of a variant is stored as its difference."""
