@@ -16,8 +16,8 @@ export PYTHONPATH=$PWD:$SITE:$SITE/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+
 tar -C $SITE -xJf .fa4b/rest.tar.xz || exit 3
 python3 -c "from flash_attn.cute import flash_attn_func; import cutlass; print('flash-attn-4 importable')" \
     2>&1 | tail -3 | tee "$OUT/import.log"
-python3 -m flash256.bench --fwd --bwd --headdim "${HEADDIMS:-256}" --seqlen "${SEQLENS:-1k,4k,8k,16k,32k}" --causal both \
-    --backend flash256,sdpa-cudnn,fa4 --check first --time-budget "${BUDGET:-330}" \
+python3 -m flash256.bench --fwd --bwd --headdim "${HEADDIMS:-256}" --seqlen "${SEQLENS:-1k,4k,8k,16k,32k}" \
+    --causal both --backend flash256,sdpa-cudnn,fa4 --check first --time-budget "${BUDGET:-330}" \
     --markdown "$OUT/bench_fa4.md" > "$OUT/bench.log" 2>&1
 grep -A9 "ratios" "$OUT/bench_fa4.md" | grep "^|" | grep -v -- "---"
 if [ $SECONDS -lt 470 ]; then

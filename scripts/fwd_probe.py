@@ -12,8 +12,8 @@
     python scripts/fwd_probe.py --traffic [variant ...]  d=256 16k/32k, with each variant's SM clock and power
                                                           (timing only: no variant is checked first)
       (every mode but the first: variants interleaved on the same tensors, two rounds (ROUNDS=n for n; each
-       round starts one variant later), 250 ms warm-up; q0 = the kernel without Q in registers, static / single = that scheduler
-       where "dynamic" is the default)
+       round starts one variant later), 250 ms warm-up; q0 = the kernel without Q in registers, static /
+       single = that scheduler where "dynamic" is the default)
 
 Times `sm90_forward` (bf16, 32k tokens, 2048 // d heads: d=256 at 4k and 16k, d=128 and d=64 at 8k; causal
 and not) for variants of the kernel built from its source with one change each, in one process:
@@ -43,7 +43,8 @@ import triton
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from flash256.kernels.sm90_fwd import SCHEDULERS  # noqa: E402
-from variants import probe_module, rotated, tflops, variant_source  # noqa: E402  (scripts/variants.py, beside this file)
+# scripts/variants.py, beside this file
+from variants import probe_module, rotated, tflops, variant_source  # noqa: E402
 SOURCE = (ROOT / "flash256/kernels/sm90_fwd.py").read_text()
 
 LOAD_K = "tma.async_copy_global_to_shared(k_desc, [k_batch, k_first + j * BLOCK_N, kv_h, 0],"
