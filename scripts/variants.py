@@ -34,7 +34,7 @@ CASES = [(256, c, s) for c in (False, True) for s in (1024, 4096, 16384)] + \
 
 def rotated(items, r):
     """`items` starting at position r (mod its length). Interleaved timings start each round one item later: run
-    in a fixed order, the last of a round read ~3% slow at 1k-2k (an A/A/A run, NOTES.md, twenty-third session)."""
+    in a fixed order, the third of a round read ~3% slow at 1k-2k (an A/A/A run, NOTES.md, twenty-third session)."""
     items = list(items)
     return items[r % len(items):] + items[:r % len(items)]
 
