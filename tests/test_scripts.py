@@ -211,6 +211,28 @@ def test_bwd_trace_summary_reads_the_stamps_as_written():
     assert means["wg1 dS done - wg0 P^T shared"] == 100
 
 
+
+def test_bwd_trace_keysplit_summary_splits_each_period_into_its_steps():
+    """The key-split figures from a synthetic trace (fields: issued, landed, need0, need1, got0, staged0, dq_done,
+    got1, staged1, free1; period 1000): each warpgroup's steps add up to its period, tile 0 and tiles past a CTA's
+    count are left out, and warpgroup 1's lead reads as the difference of the two staging stamps."""
+    import numpy as np
+    trace = np.full((2, 5, 10), -1, np.int64)
+    for cta, n in enumerate((4, 2)):
+        trace[cta, -1, :4] = (cta, 0, n, 0)
+        for t in range(n):
+            b = 1000 * t
+            trace[cta, t] = (b, -1, b + 100, b, b + 150, b + 600, b + 900, b + 20, b + 420, b + 220)
+    rows, tiles, _header = _script("bwd_trace").summarize_keysplit(trace)
+    assert tiles == 3 + 1
+    means = {name: float(np.nanmean(values)) for name, values in rows.items()}
+    assert means["tile period (warpgroup 0)"] == means["tile period (warpgroup 1)"] == 1000
+    wg0 = [means[name] for name in means if name.startswith("wg0:")]
+    wg1 = [means[name] for name in means if name.startswith("wg1:")]
+    assert wg0 == [50, 450, 300, 200] and sum(wg0) == 1000
+    assert wg1 == [20, 200, 200, 580] and sum(wg1) == 1000
+    assert means["wg1 ahead of wg0 (wg0 staged - wg1 staged)"] == 180
+
 def test_sass_control_reads_scoreboards_and_finds_a_load_waited_on_before_a_wgmma():
     """sass_control decodes the control bits of real sm_90a encodings (lines of the shipped d=256 dK/dV kernel's
     warpgroup-0 loop in the sixteenth session: a global load setting scoreboard 5 and an FMUL waiting on it) and
