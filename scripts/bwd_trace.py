@@ -25,12 +25,10 @@ import sys
 
 import numpy as np
 import torch
-import triton
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bwd_probe  # noqa: E402  (scripts/bwd_probe.py: variant modules and the dispatch swap)
-
-import flash256  # noqa: E402
+from variants import tflops  # noqa: E402
 
 PATCH = pathlib.Path(__file__).resolve().parent / "patches" / "sm90_bwd_probe_trace.patch"
 KEYSPLIT_PATCH = PATCH.with_name("sm90_bwd_probe_trace_keysplit.patch")
@@ -41,16 +39,12 @@ KEYSPLIT_FIELDS = ("issued", "landed", "need0", "need1", "got0", "staged0", "dq_
 
 def backward_call(seqlen, causal, d):
     torch.manual_seed(0)
-    shape = (max(1, 32768 // seqlen), seqlen, 2048 // d, d)
-    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    out = flash256.flash_attn_func(q, k, v, causal=causal)
-    dout = torch.randn_like(out)
-    return lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+    return bwd_probe.backward_call(d, causal, seqlen, False)  # the bench's shapes, called once
 
 
 def traced_call(mod, seqlen, causal, d=256):
     call = backward_call(seqlen, causal, d)
-    for _ in range(4):  # compile, then warm the clocks; the last call's trace is kept
+    for _ in range(3):  # warm the clocks; the last call's trace is kept
         call()
     torch.cuda.synchronize()
     return mod.last_trace.cpu().numpy()
@@ -121,9 +115,9 @@ def summarize_keysplit(trace):
     return rows, n, header
 
 
-def rate(call, seqlen, causal):
-    ms = triton.testing.do_bench(call, warmup=250, rep=300)
-    return 2.5 * 4 * 32768 * 2048 * seqlen / (2 if causal else 1) / ms / 1e9
+def rate(call, seqlen, causal, d):
+    """TFLOP/s of the call as the bench times it (250 ms warm-up, L2 flushed before each call)."""
+    return tflops("bwd", d, causal, seqlen, bwd_probe.Timer("cuda").measure(call, 250, 200).median_ms)
 
 
 def main(seqlens, patch=PATCH, d=256):
@@ -142,10 +136,10 @@ def main(seqlens, patch=PATCH, d=256):
             table[causal] = (summarize if d == 256 else summarize_keysplit)(trace)
             if d != 256:  # the stamps' own cost: the whole backward with and without them
                 call = backward_call(seqlen, causal, d)
-                traced_rate = rate(call, seqlen, causal)
+                traced_rate = rate(call, seqlen, causal, d)
                 bwd_probe.use(shipped)
                 print(f"d={d} {seqlen} causal={causal}: backward {traced_rate:.0f} TFLOP/s traced, "
-                      f"{rate(call, seqlen, causal):.0f} shipped", flush=True)
+                      f"{rate(call, seqlen, causal, d):.0f} shipped", flush=True)
         print(f"\n## d={d} dK/dV, seqlen {seqlen}: SM cycles per tile (mean / median / p90), tiles 1..n-1 of every "
               "CTA")
         print(f"{'':62s} {'non-causal':>23s}   {'causal':>23s}")
