@@ -89,6 +89,16 @@ def test_multicast_check_builds_a_multicast_tma_for_sm90():
                                    "UCGABAR_WAIT"], proc.stdout
 
 
+
+def test_interleaved_rounds_start_one_variant_later():
+    """The probes' rounds rotate the variant order (an A/A/A run read the third slot of a round ~3% slow at 1k), so
+    over as many rounds as variants each one runs once in every slot."""
+    rotated = _script("variants").rotated
+    rounds = [rotated(["base", "a", "b"], r) for r in range(3)]
+    assert rounds == [["base", "a", "b"], ["a", "b", "base"], ["b", "base", "a"]]
+    assert all(sorted(slot) == ["a", "b", "base"] for slot in zip(*rounds))
+    assert rotated(["base", "a"], 5) == ["a", "base"]
+
 def test_bwd_probe_applies_backward_patches(tmp_path):
     """bwd_probe takes a variant as a unified diff against sm90_bwd.py, or against another such diff named on its
     first line: diffs made here apply, and so does every one stored under scripts/patches/ for a coming device call
