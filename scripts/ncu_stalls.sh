@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Nsight Compute on one attention kernel: pipe utilisation, memory throughput (L2, DRAM), warp stalls and the top
-# SASS instructions by stall samples (source-level sampling). Under $OUT: the summary and every section's details
-# (L2 fabric and slice tables included) per case.
+# SASS instructions by stall samples (source-level sampling). Under $OUT: the summary, every section's details
+# (L2 fabric and slice tables included) and the per-instruction source counters (gzipped CSV) per case.
 #   bash scripts/ncu_stalls.sh NAME KERNEL_REGEX fwd|bwd HEAD_DIM SEQLEN CAUSAL [EXP2_EIGHTHS]
 #   e.g. bash scripts/ncu_stalls.sh dkdv256 dkdv bwd 256 16384 0
 # Addresses in the listing are absolute: subtract the kernel's base (match an instruction against a
@@ -17,6 +17,8 @@ timeout 150 ncu --clock-control none --section SpeedOfLight --section WarpStateS
     -k "regex:$regex" --launch-skip 1 --launch-count 1 -f -o "$TMP/$name" \
     python3 scripts/ncu_probe.py "$@" > "$TMP/$name.log" 2>&1 || tail -5 "$TMP/$name.log"
 ncu -i "$TMP/$name.ncu-rep" --page details --print-details all > "$OUT/ncu_${name}_details.txt" 2>&1
+# every SASS instruction's counters (stall samples, shared-memory wavefronts against ideal), for offline reading
+ncu -i "$TMP/$name.ncu-rep" --page source --csv --print-source sass 2>&1 | gzip > "$OUT/ncu_${name}_source.csv.gz"
 { grep -E "$DETAILS" "$OUT/ncu_${name}_details.txt" ;
   ncu -i "$TMP/$name.ncu-rep" --page source --csv --print-source sass 2>&1 | python3 scripts/ncu_source_top.py 45
 } > "$OUT/ncu_$name.txt" 2>&1
