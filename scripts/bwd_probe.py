@@ -5,7 +5,7 @@
     python scripts/bwd_probe.py --kernels [variant]  kernel timeline of 24 calls timed as the bench times them
     python scripts/bwd_probe.py --profile [variant ...]  per-kernel time and SM-us per block pair at d=256, per variant
                                                         (sm90_bwd_check.py's profile with the variant dispatched)
-    --seqlens 4096,16384 (after --dims): time only these seqlens
+    --seqlens 4096,16384 (after --dims): time only these seqlens; ROUNDS=n (environment): n rounds instead of 2
     --deterministic (first, or after --dims / --seqlens): check and time the deterministic=True backward instead
     --clocks (last option): after timing each shape, run every variant and cuDNN back to back for 3 s more and
              report nvidia-smi's mean SM clock and board power: whether a variant that saves cycles per tile
@@ -20,6 +20,7 @@ before every call, CUDA events around torch.autograd.grad) on the bench's shapes
 heads. Per shape, all variants run on the same tensors, every variant then cuDNN, twice, so that clock drift and
 memory placement hit them alike.
 """
+import os
 import pathlib
 import subprocess
 import sys
@@ -155,7 +156,7 @@ def isolated_checks(variants):
     return kept
 
 
-def main(variants, rounds=2):
+def main(variants, rounds=int(os.environ.get("ROUNDS", 2))):
     print(torch.cuda.get_device_name(), flush=True)
     variants = isolated_checks(variants)
     modules = {variant: module_for(variant) for variant in variants}
