@@ -312,6 +312,18 @@ def test_sweep_failures_become_cells(big_sweep):
     assert cell(result, "fake-good").shape.nheads_kv == 1
 
 
+def test_sweep_rotates_backend_order(big_sweep):
+    """Case i (a seqlen and causal pair) times the backends starting from the i-th, both directions each."""
+    _cfg, result = big_sweep
+    per_case = 2 * len(ALL_FAKES)
+    cases = [result.measurements[i:i + per_case] for i in range(0, len(result.measurements), per_case)]
+    assert len(cases) == 4
+    for i, case in enumerate(cases):
+        assert len({(m.shape.seqlen_k, m.shape.causal) for m in case}) == 1
+        order = [m.backend for m in case[::2]]
+        assert order == ALL_FAKES[i:] + ALL_FAKES[:i]
+
+
 def test_time_budget_skips(monkeypatch):
     cfg, result = sweep(["--time-budget", "0"], ["fake-good"])
     assert {m.status for m in result.measurements} == {"skipped"}

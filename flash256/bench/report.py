@@ -147,7 +147,7 @@ def header_lines(cfg, env: dict) -> list[str]:
         f"- timing: median of CUDA-event-timed calls, L2 flushed before each; warm-up {cfg.warmup_ms:g} ms, "
         f"timed {cfg.rep_ms:g} ms ({cfg.min_reps}..{cfg.max_reps} calls, fewer for long seqlens); "
         + ("forward with autograd recording (--fwd-grad)" if cfg.fwd_grad else "forward under torch.no_grad")
-        + "; backward = torch.autograd.grad(out, (q, k, v), dout) alone",
+        + "; backward = torch.autograd.grad(out, (q, k, v), dout) alone; backends in an order rotated by one per case",
         f"- FLOPs: forward 4·b·h·d·(visible query-key pairs; causal bottom-right aligned, counted exactly), "
         f"backward {BWD_FACTOR:g} × forward",
         f"- correctness: {check}; rule max|x - ref_fp32| <= 2·max|ref_{cfg.dtype} - ref_fp32| + rounding + 1e-5",
