@@ -5,9 +5,11 @@
     python scripts/bwd_probe.py --kernels [variant]  kernel timeline of 24 calls timed as the bench times them
     python scripts/bwd_probe.py --profile [variant ...]  per-kernel time and SM-us per block pair at d=256, per variant
                                                         (sm90_bwd_check.py's profile with the variant dispatched)
-    --seqlens 4096,16384 (after --dims): time only these seqlens; ROUNDS=n (environment): n rounds instead of 2
-    --deterministic (first, or after --dims / --seqlens): check and time the deterministic=True backward instead
-    --clocks (last option): after timing each shape, run every variant and cuDNN back to back for 3 s more and
+    Options for the timing run, in any order before the variants (one after them is an error):
+    --dims 128,64: time only these head dims; --seqlens 4096,16384: only these seqlens; ROUNDS=n (environment):
+             n rounds instead of 2
+    --deterministic: check and time the deterministic=True backward instead
+    --clocks: after timing each shape, run every variant and cuDNN back to back for 3 s more and
              report nvidia-smi's mean SM clock and board power: whether a variant that saves cycles per tile
              ran at a lower clock at the 700 W cap instead of faster (NOTES.md, seventeenth session)
     --check variant  the correctness check alone (what each variant first runs in a child process, see below)
@@ -192,6 +194,30 @@ def main(variants, rounds=int(os.environ.get("ROUNDS", 2))):
             print(f"| {d} | {int(causal)} | {seqlen} | " + " | ".join(cells[v] for v in [*variants, "cudnn"]) + " |")
 
 
+def timing_args(argv):
+    """The timing run's variants (default: base), after its options, which set CASES, DETERMINISTIC and CLOCKS."""
+    global DETERMINISTIC, CLOCKS
+    argv = list(argv)
+    while argv[:1] and argv[0].startswith("--"):  # options, in any order, before the variants
+        option = argv.pop(0)
+        if option == "--dims":  # time only these head dims
+            dims = {int(d) for d in argv.pop(0).split(",")}
+            CASES[:] = [case for case in CASES if case[0] in dims]
+        elif option == "--seqlens":  # and only these seqlens
+            seqlens = {int(s) for s in argv.pop(0).split(",")}
+            CASES[:] = [case for case in CASES if case[2] in seqlens]
+        elif option == "--deterministic":
+            DETERMINISTIC = True
+        elif option == "--clocks":
+            CLOCKS = True
+        else:
+            sys.exit(f"bwd_probe.py: unknown option {option}")
+    misplaced = [arg for arg in argv if arg.startswith("-")]
+    if misplaced:  # a variant named like an option would silently run the shipped kernel
+        sys.exit(f"bwd_probe.py: options go before the variants: {' '.join(misplaced)}")
+    return argv or ["base"]
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--kernels"]:
         kernels((sys.argv[2:] or ["base"])[0])
@@ -207,19 +233,4 @@ if __name__ == "__main__":
             print(f"# {variant}", flush=True)
             profile(256)
     else:
-        argv = sys.argv[1:]
-        if argv[:1] == ["--dims"]:  # time only these head dims
-            dims = {int(d) for d in argv[1].split(",")}
-            CASES[:] = [case for case in CASES if case[0] in dims]
-            argv = argv[2:]
-        if argv[:1] == ["--seqlens"]:  # and only these seqlens
-            seqlens = {int(s) for s in argv[1].split(",")}
-            CASES[:] = [case for case in CASES if case[2] in seqlens]
-            argv = argv[2:]
-        if argv[:1] == ["--deterministic"]:
-            DETERMINISTIC = True
-            argv = argv[1:]
-        if argv[:1] == ["--clocks"]:
-            CLOCKS = True
-            argv = argv[1:]
-        main(argv or ["base"])
+        main(timing_args(sys.argv[1:]))

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -182,6 +184,20 @@ def test_bwd_probe_clocks_samples_every_variant_and_cudnn(monkeypatch, capsys):
     assert sampled == [("base", "ours"), ("x=x.patch", "ours"), ("x=x.patch", "cudnn")]
     out = capsys.readouterr().out
     assert "| 256 | 1 | 4096 | 1501 MHz 690 W | 1502 MHz 690 W | 1503 MHz 690 W |" in out
+
+
+def test_bwd_probe_options_in_any_order_and_never_as_a_variant(monkeypatch):
+    """Timing options come before the variants in any order; an option after a variant is an error (it used to be
+    taken for a variant named "--clocks" and run as the shipped kernel)."""
+    probe = _script("bwd_probe")
+    monkeypatch.setattr(probe, "CASES", [(256, False, 1024), (128, True, 2048), (64, False, 2048)])
+    monkeypatch.setattr(probe, "CLOCKS", False)
+    assert probe.timing_args(["--clocks", "--dims", "128,64", "--seqlens", "2048", "x=y.patch"]) == ["x=y.patch"]
+    assert probe.CLOCKS and probe.CASES == [(128, True, 2048), (64, False, 2048)]
+    assert probe.timing_args([]) == ["base"]
+    for argv in (["base", "--clocks"], ["--clock", "base"]):
+        with pytest.raises(SystemExit, match="bwd_probe.py: (options go before|unknown option)"):
+            probe.timing_args(argv)
 
 
 def test_sass_fingerprint_compare_names_the_changed_builds(tmp_path, monkeypatch, capsys):
