@@ -1,26 +1,40 @@
 """Run one attention case a few times, for Nsight Compute (`scripts/ncu_stalls.sh` wraps it).
 
     python scripts/ncu_probe.py fwd 256 16384 0 [exp2_eighths]
-    python scripts/ncu_probe.py bwd 256 16384 1
+    BACKEND=fa4 python scripts/ncu_probe.py bwd 128 8192 0
 
-8 heads at d=256 (2048 // d heads), batch = 32768 // seqlen, bf16, the default dispatch. Three calls:
-the first compiles, so profile with `--launch-skip 1 --launch-count 1` and a kernel-name filter.
+The bench's shapes (2048 // d heads, batch = 32768 // seqlen, bf16) through a bench backend: BACKEND (default
+flash256, the default dispatch; also sdpa-cudnn, fa4, ...: `python -m flash256.bench --list-backends`), with
+exp2_eighths as flash256:exp2=K. Three calls: the first compiles, so profile with `--launch-skip 1 --launch-count 1`
+and a kernel-name filter; the third runs inside the NVTX range "profile", for backends whose kernel names are not
+known beforehand (`--nvtx --nvtx-include profile/ -k regex:.`: every kernel of that call).
 """
+import os
+import pathlib
 import sys
 
 import torch
 
-import flash256
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from flash256.bench.backends import get_backend  # noqa: E402
+from flash256.bench.records import Shape  # noqa: E402
 
 
-def main(direction, d, seqlen, causal, eighths=0):
+def main(direction, d, seqlen, causal, eighths=0, backend=None):
+    backend = backend or os.environ.get("BACKEND", "flash256")
     torch.manual_seed(0)
-    shape = (max(1, 32768 // seqlen), seqlen, 2048 // d, d)
-    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    for _ in range(3):
-        out = flash256.flash_attn_func(q, k, v, causal=causal, exp2_poly_fraction=eighths / 8)
+    heads = 2048 // d
+    shape = Shape(max(1, 32768 // seqlen), seqlen, seqlen, heads, heads, d, causal, "bf16")
+    q, k, v = (torch.randn((shape.batch, seqlen, heads, d), device="cuda", dtype=torch.bfloat16,
+                           requires_grad=True) for _ in range(3))
+    forward = get_backend(f"{backend}:exp2={eighths}" if eighths else backend).build(q, k, v, shape, False)
+    for call in range(3):
+        if call == 2:
+            torch.cuda.nvtx.range_push("profile")
+        out = forward()
         if direction == "bwd":
             torch.autograd.grad(out, (q, k, v), torch.ones_like(out) * 0.01)
+    torch.cuda.nvtx.range_pop()
     torch.cuda.synchronize()
 
 

@@ -4,6 +4,8 @@
 # (L2 fabric and slice tables included) and the per-instruction source counters (gzipped CSV) per case.
 #   bash scripts/ncu_stalls.sh NAME KERNEL_REGEX fwd|bwd HEAD_DIM SEQLEN CAUSAL [EXP2_EIGHTHS]
 #   e.g. bash scripts/ncu_stalls.sh dkdv256 dkdv bwd 256 16384 0
+# Another backend (ncu_probe.py's BACKEND), every kernel of its third call (KERNEL_REGEX unused):
+#   BACKEND=fa4 NCU_SELECT="--nvtx --nvtx-include profile/ --launch-count 8" bash scripts/ncu_stalls.sh fa4 . bwd 128 8192 0
 # Addresses in the listing are absolute: subtract the kernel's base (match an instruction against a
 # `flash256.inspect`-style SASS dump) to find it in the code.
 set -uo pipefail
@@ -14,7 +16,7 @@ DETAILS="Duration|SM Frequency|SM: Pipe|SM: Inst Executed Pipe|SM: Issue|Issue S
 DETAILS+="|Memory Throughput|Max Bandwidth|Mem Busy|L2 Hit|L1/TEX Hit|DRAM Throughput"
 timeout 150 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SourceCounters \
     --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
-    -k "regex:$regex" --launch-skip 1 --launch-count 1 -f -o "$TMP/$name" \
+    ${NCU_SELECT:--k "regex:$regex" --launch-skip 1 --launch-count 1} -f -o "$TMP/$name" \
     python3 scripts/ncu_probe.py "$@" > "$TMP/$name.log" 2>&1 || tail -5 "$TMP/$name.log"
 ncu -i "$TMP/$name.ncu-rep" --page details --print-details all > "$OUT/ncu_${name}_details.txt" 2>&1
 # every SASS instruction's counters (stall samples, shared-memory wavefronts against ideal), for offline reading
