@@ -200,6 +200,31 @@ def test_bwd_probe_options_in_any_order_and_never_as_a_variant(monkeypatch):
             probe.timing_args(argv)
 
 
+def test_ncu_kernels_one_row_per_kernel():
+    """ncu_kernels.py reads each kernel's section of a details page into its own row (a kernel without a metric
+    leaves that cell empty, never the previous kernel's value)."""
+    tool = _script("ncu_kernels")
+    page = textwrap.dedent("""\
+        [523] python3.12@127.0.0.1
+          sm90_attn_bwd_dkdv_kernel (64, 64, 1)x(384, 1, 1), Context 1, Stream 7, Device 0, CC 9.0
+            SM Frequency                    Ghz          1.87
+            Elapsed Cycles                cycle    17,441,817
+            Duration                         ms          9.28
+            SM: Pipe Tensor Cycles Active                                                       %        58.78
+            Issue Slots Busy                 %        20.95
+            l1tex__data_pipe_lsu_wavefronts_mem_shared.sum.pct_of_peak_sustained_elapsed      %         75.54
+          cudnn_generated_sdpa_bprop (132, 1, 1)x(384, 1, 1), Context 1, Stream 7, Device 0, CC 9.0
+            SM Frequency                    Ghz          1.65
+            Duration                         ms          8.50
+        """)
+    rows = tool.kernels(page)
+    assert [name for name, _ in rows] == ["sm90_attn_bwd_dkdv_kernel", "cudnn_generated_sdpa_bprop"]
+    assert rows[0][1] == {"GHz": 1.87, "Mcycles": 17.441817, "ms": 9.28, "tensor %": 58.78, "issue %": 20.95,
+                          "smem pipe %": 75.54}
+    assert rows[1][1] == {"GHz": 1.65, "ms": 8.5}
+    assert "| cudnn_generated_sdpa_bprop | 8.5 | 1.65 |  |" in tool.table(rows)
+
+
 def test_sass_fingerprint_compare_names_the_changed_builds(tmp_path, monkeypatch, capsys):
     """`compare` exits 1 and names every build whose SASS hash moved (or that appeared or went); 0 when all match."""
     tool = _script("sass_fingerprint")
