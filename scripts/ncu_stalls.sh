@@ -22,6 +22,6 @@ ncu -i "$TMP/$name.ncu-rep" --page details --print-details all > "$OUT/ncu_${nam
 # every SASS instruction's counters (stall samples, shared-memory wavefronts against ideal), for offline reading
 ncu -i "$TMP/$name.ncu-rep" --page source --csv --print-source sass 2>&1 | gzip > "$OUT/ncu_${name}_source.csv.gz"
 { python3 scripts/ncu_kernels.py "$OUT/ncu_${name}_details.txt"; grep -E "$DETAILS" "$OUT/ncu_${name}_details.txt" ;
-  ncu -i "$TMP/$name.ncu-rep" --page source --csv --print-source sass 2>&1 | python3 scripts/ncu_source_top.py 45
+  zcat "$OUT/ncu_${name}_source.csv.gz" | python3 scripts/ncu_source_top.py 45
 } > "$OUT/ncu_$name.txt" 2>&1
 echo "== $name: $(wc -l < "$OUT/ncu_$name.txt") lines in $OUT/ncu_$name.txt"
