@@ -225,6 +225,21 @@ def test_ncu_kernels_one_row_per_kernel():
     assert "| cudnn_generated_sdpa_bprop | 8.5 | 1.65 |  |" in tool.table(rows)
 
 
+def test_ncu_source_top_shared_wavefronts_by_instruction_kind():
+    """--smem sums ncu's per-instruction shared-memory wavefronts (and their ideal) by opcode and first two
+    modifiers, predicated or not; instructions without shared-memory traffic are left out."""
+    tool = _script("ncu_source_top")
+    page = textwrap.dedent("""\
+        "Kernel Name","k",
+        "Address","Source","Instructions Executed","L1 Wavefronts Shared","L1 Wavefronts Shared Ideal"
+        "0x10","      STS.64 [R7+UR4+0x30000], R24","128","512","256"
+        "0x20","  @P0 STS.64 [R6+UR4+0x30400], R26","128","512","256"
+        "0x30","      HGMMA.64x64x16.F32.BF16 R56, gdesc[UR52], RZ","16","128","128"
+        "0x40","      FFMA R1, R2, R3, R4","1,000","0","0"
+        """).splitlines()
+    assert tool.shared_wavefronts(page) == {"STS.64": [1024, 512, 256], "HGMMA.64x64x16.F32": [128, 128, 16]}
+
+
 def test_sass_fingerprint_compare_names_the_changed_builds(tmp_path, monkeypatch, capsys):
     """`compare` exits 1 and names every build whose SASS hash moved (or that appeared or went); 0 when all match."""
     tool = _script("sass_fingerprint")
