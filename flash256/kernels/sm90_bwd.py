@@ -116,9 +116,10 @@ class Sm90BwdDkdvConfig(WarpSpecializedResources):
     @property
     def smem_p(self) -> int:
         """GEMM split: the fp32 P^T exchange ring. Key split: dS^T of two tiles per warpgroup, 16-bit, for the fused
-        dQ (P^T and dS^T are register operands; one token slot without the fused dQ)."""
+        dQ (P^T and dS^T are register operands; without the fused dQ the kernel's token slot is never read, and the
+        compiler drops it)."""
         if self.key_split:
-            return (2 * 2 if self.fused_dq else 1) * WARPGROUP_ROWS * self.block_m * self.elem_bytes
+            return 2 * 2 * WARPGROUP_ROWS * self.block_m * self.elem_bytes if self.fused_dq else 0
         return self.p_buffers * self.block_n * self.block_m * 4
 
     @property
