@@ -514,7 +514,7 @@ def _own_keys_grads(s_t, dp_t, dv, dk, q_buf, do_buf, lse_buf, delta_buf, n_star
                     BLOCK_M: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
                     SOFTCAP: gl.constexpr, FUSED_DQ: gl.constexpr):
     """Key split, one tile once its S^T and dP^T are issued: P^T and dS^T stay in registers as the A operands of
-    dV += P^T dO (issued as soon as P^T is out, under dP^T) and dK += dS^T Q (RS: neither goes through shared
+    dV += P^T dO (issued once dS^T is out) and dK += dS^T Q (RS: neither goes through shared
     memory, whose bandwidth the SS form spent 12% of on them, NOTES.md). With FUSED_DQ dS^T also goes to ds_buf
     for warpgroup 0's dQ GEMM. Returns once both GEMMs are done: the tile's Q/dO stage is free."""
     col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
