@@ -14,10 +14,10 @@ that carries the same stamps: the stamps of sm90_bwd_probe_trace.patch written o
 patch whose first line `on top of: <the variant's patch>` chains the two (scripts/variants.py's patch_chain).
 
 --dim 128 or 64 traces the key-split kernel instead (scripts/patches/sm90_bwd_probe_trace_keysplit.patch, on top of
-the same patch; 2048 // d heads): each warpgroup's wait for its Q/dO tile, its scores up to P^T/dS^T stored, warpgroup
-0's fused dQ (the wait for warpgroup 1's dS^T, the GEMM, the staged reductions), the rest of each period (the
-next dV/dK issue), and how far warpgroup 1 runs ahead. The stamps cost registers there (the d=128 build spills
-~100-170 B against the shipped 12-32 B), so each case is also timed with and without them.
+the same patch; 2048 // d heads): each warpgroup's wait for its Q/dO tile, its tile up to dS^T stored and dV/dK
+done, warpgroup 0's fused dQ (the wait for warpgroup 1's dS^T, the GEMM, the staged reductions), the rest of each
+period, and how far warpgroup 1 runs ahead. The stamps cost registers there (the d=128 build spills ~80 B against
+the shipped 24-40 B), so each case is also timed with and without them.
 """
 import os
 import pathlib
@@ -102,14 +102,14 @@ def summarize_keysplit(trace):
     rows = {
         "tile period (warpgroup 0)": next_need0 - need0,
         "wg0: waiting for Q/dO (got - needed)": f["got0"] - need0,
-        "wg0: scores, last dV/dK, exp2, P^T/dS^T stored (staged - got)": f["staged0"] - f["got0"],
+        "wg0: scores, exp2, dS^T stored, dV/dK done (staged - got)": f["staged0"] - f["got0"],
         "wg0: dQ: wg1's dS^T, GEMM, reductions (dQ done - staged)": f["dq_done"] - f["staged0"],
-        "wg0: next dV/dK issue (next need - dQ done)": next_need0 - f["dq_done"],
+        "wg0: to the next tile (next need - dQ done)": next_need0 - f["dq_done"],
         "tile period (warpgroup 1)": next_need1 - need1,
         "wg1: waiting for Q/dO": f["got1"] - need1,
-        "wg1: scores, last dV/dK, dS^T slot free (free - got)": f["free1"] - f["got1"],
-        "wg1: exp2, P^T/dS^T stored (staged - free)": f["staged1"] - f["free1"],
-        "wg1: next dV/dK issue (next need - staged)": next_need1 - f["staged1"],
+        "wg1: scores issued, dS^T slot free (free - got)": f["free1"] - f["got1"],
+        "wg1: exp2, dS^T stored, dV/dK done (staged - free)": f["staged1"] - f["free1"],
+        "wg1: to the next tile (next need - staged)": next_need1 - f["staged1"],
         "wg1 ahead of wg0 (wg0 staged - wg1 staged)": f["staged0"] - f["staged1"],
     }
     return rows, n, header

@@ -23,9 +23,10 @@ tile's four GEMMs in one of two ways (Sm90BwdDkdvConfig.key_split):
     accumulator (128 registers/thread): both would not fit one warpgroup.
   * key split (d <= 128, 128 keys): each warpgroup owns 64 of the keys with both accumulators and all four
     GEMMs, and the Q/dO tiles are shared: every streamed byte feeds 128 keys, half the traffic per GEMM.
-    P^T and dS^T go to shared memory (SS GEMMs; the producer stages each tile's lse and delta there too),
-    which frees the registers for 64-row Q/dO tiles and lets warpgroup 0 compute the tile's dQ = dS K from
-    both warpgroups' dS^T as one 128-key GEMM pair (fused_dq): 5 GEMMs per tile instead of the two kernels' 7.
+    P^T and dS^T stay in registers as the A operands of dV and dK (RS), each warpgroup taking a tile from its
+    S^T to its dK before the next (the producer stages each tile's lse and delta in shared memory). dS^T also
+    goes to shared memory, where warpgroup 0 computes the tile's dQ = dS K from both warpgroups' dS^T as one
+    128-key GEMM pair (fused_dq): 5 GEMMs per tile instead of the two kernels' 7.
 Either way one warpgroup's elementwise work overlaps the other's GEMMs.
 
 dQ kernel: one CTA per (128-query block, batch, head): one 8-warp consumer partition (two warpgroups,
@@ -114,9 +115,11 @@ class Sm90BwdDkdvConfig(WarpSpecializedResources):
 
     @property
     def smem_p(self) -> int:
-        """GEMM split: the fp32 P^T exchange ring. Key split: P^T and dS^T of two tiles per warpgroup, 16-bit."""
+        """GEMM split: the fp32 P^T exchange ring. Key split: dS^T of two tiles per warpgroup, 16-bit, for the fused
+        dQ (P^T and dS^T are register operands; without the fused dQ the kernel's token slot is never read, and the
+        compiler drops it)."""
         if self.key_split:
-            return 2 * 2 * 2 * WARPGROUP_ROWS * self.block_m * self.elem_bytes
+            return 2 * 2 * WARPGROUP_ROWS * self.block_m * self.elem_bytes if self.fused_dq else 0
         return self.p_buffers * self.block_n * self.block_m * 4
 
     @property
@@ -147,7 +150,7 @@ class Sm90BwdDkdvConfig(WarpSpecializedResources):
         return (2 if self.key_split else 1) * WARPGROUP_ROWS * self.block_m // 128
 
     @property
-    def regs_operand(self) -> int:  # GEMM split: P^T or dS^T in 16 bits, two per register (key split: in smem)
+    def regs_operand(self) -> int:  # GEMM split: P^T or dS^T in 16 bits, two per register (key split: see check)
         return 0 if self.key_split else self.regs_s // 2
 
     def describe(self) -> str:
@@ -161,9 +164,10 @@ class Sm90BwdDkdvConfig(WarpSpecializedResources):
         assert (self.p_buffers == 0) == self.key_split, self.describe()
         assert self.key_split or not self.fused_dq, self.describe()
         self.check_resources()
-        # live in a consumer's inner loop: accumulators + S^T/dP^T + the previous tile's operands + slack
-        # (addresses, the dQ accumulator's share; 224 of 240 at d=128 with 64-row tiles in registers serialised
-        # the wgmmas, which is why the key split keeps P^T and dS^T in shared memory)
+        # live in a consumer's inner loop: accumulators + S^T/dP^T + the operands + slack (addresses; holding
+        # the previous tile's P^T/dS^T operands across the next S^T/dP^T, 224 of 240 at d=128, serialised the
+        # wgmmas: the key split finishes each tile's dV/dK before the next tile's S^T, so its operands replace S^T
+        # and dP^T, which regs_operand does not count)
         assert self.regs_acc + self.regs_s + self.regs_operand <= self.consumer_regs - 48, self.describe()
 
 
@@ -223,11 +227,11 @@ class Sm90BwdDqConfig(WarpSpecializedResources):
 # d=256 dK/dV: K + V 64 KB, 2 Q/dO stages x 64 KB, 2 P^T slots x 16 KB = 224 KB (+ 72 B barriers).
 # Registers: accumulator 128 + S^T 32 + operand 16 = 176 of 240.
 DKDV_D256 = Sm90BwdDkdvConfig(head_dim=256, qdo_stages=2, p_buffers=2)
-# d=128, key split, fused dQ: K + V 64 KB (128 keys), 2 stages x 32 KB (64-row Q/dO tiles), P^T/dS^T slots
-# 64 KB, lse/delta 1 KB, dQ staging 32 KB = 225 KB. Registers dK + dV 128 + S^T + dP^T 64 = 192 of 240; the
-# dQ accumulator (64 more, warpgroup 0) lives between tiles.
+# d=128, key split, fused dQ: K + V 64 KB (128 keys), 2 stages x 32 KB (64-row Q/dO tiles), dS^T slots
+# 32 KB, lse/delta 1 KB, dQ staging 32 KB = 193 KB (a third stage fits, and spills: NOTES.md). Registers dK + dV
+# 128 + S^T + dP^T 64 = 192 of 240; the dQ accumulator (64 more, warpgroup 0) lives between tiles.
 DKDV_D128 = Sm90BwdDkdvConfig(head_dim=128, qdo_stages=2, key_split=True, fused_dq=True)
-# d=64, key split, fused dQ: K + V 32 KB, 4 stages x 16 KB, P^T/dS^T 64 KB, lse/delta 2 KB, dQ 16 KB = 178 KB.
+# d=64, key split, fused dQ: K + V 32 KB, 4 stages x 16 KB, dS^T 32 KB, lse/delta 2 KB, dQ 16 KB = 146 KB.
 # Registers 64 + 64 + 32 (dQ 32).
 DKDV_D64 = Sm90BwdDkdvConfig(head_dim=64, qdo_stages=4, key_split=True, fused_dq=True)
 
@@ -504,32 +508,41 @@ def _own_keys_scores(k_own, v_own, q_buf, do_buf, st_layout: gl.constexpr, ROWS:
 
 
 @gluon.jit
-def _own_keys_staged(s_t, dp_t, lse_buf, delta_buf, n_start, m_block, unmasked_lo, unmasked_hi, qk_scale,
-                     softcap_scale, q_len, k_len, window_left, window_right, p_buf, ds_buf, dtype: gl.constexpr,
-                     st_layout: gl.constexpr, ROWS: gl.constexpr, BLOCK_M: gl.constexpr,
-                     LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr):
-    """Key split, 64-row tiles: P^T and dS^T into shared memory (the A operands of SS dV and dK GEMMs), lse and
-    delta read from shared memory where they are used."""
+def _own_keys_grads(s_t, dp_t, dv, dk, q_buf, do_buf, lse_buf, delta_buf, n_start, m_block, unmasked_lo,
+                    unmasked_hi, qk_scale, softcap_scale, q_len, k_len, window_left, window_right, ds_buf,
+                    dtype: gl.constexpr, st_layout: gl.constexpr, op_layout: gl.constexpr, ROWS: gl.constexpr,
+                    BLOCK_M: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
+                    SOFTCAP: gl.constexpr, FUSED_DQ: gl.constexpr):
+    """Key split, one tile once its S^T and dP^T are issued: P^T and dS^T stay in registers as the A operands of
+    dV += P^T dO (issued once dS^T is out) and dK += dS^T Q (RS: neither goes through shared
+    memory, whose bandwidth the SS form spent 12% of on them, NOTES.md). With FUSED_DQ dS^T also goes to ds_buf
+    for warpgroup 0's dQ GEMM. Returns once both GEMMs are done: the tile's Q/dO stage is free."""
     col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
     s_t = warpgroup_mma_wait(1, deps=(s_t, ))
     p_t, p_grad = _probabilities_t(s_t, lse_buf.load(col_layout), n_start, m_block, unmasked_lo, unmasked_hi,
                                    qk_scale, softcap_scale, q_len, k_len, window_left, window_right, st_layout,
                                    ROWS, BLOCK_M, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
-    p_buf.store(p_t.to(dtype))
+    p_op = gl.convert_layout(p_t.to(dtype), op_layout)
     dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
-    ds_buf.store((p_grad * (dp_t - delta_buf.load(col_layout)[None, :])).to(dtype))
-    fence_async_shared()
+    ds_t = (p_grad * (dp_t - delta_buf.load(col_layout)[None, :])).to(dtype)
+    dv = warpgroup_mma(p_op, do_buf, dv, is_async=True)
+    if FUSED_DQ:
+        ds_buf.store(ds_t)
+        fence_async_shared()
+    ds_op = gl.convert_layout(ds_t, op_layout)
+    dk = warpgroup_mma(ds_op, q_buf, dk, is_async=True)
+    dv, dk, p_op, ds_op = warpgroup_mma_wait(0, deps=(dv, dk, p_op, ds_op))
+    return dv, dk
 
 
 @gluon.jit
-def _pds_slot(warpgroup, t, DS: gl.constexpr):
-    """Key split: the shared-memory slot of tile t's P^T (DS=0) or dS^T (DS=1) of a warpgroup; each warpgroup
-    has two pairs, alternating by tile."""
-    return 4 * warpgroup + 2 * (t % 2) + DS
+def _ds_slot(warpgroup, t):
+    """Key split: the shared-memory slot of tile t's dS^T of a warpgroup (two per warpgroup, alternating)."""
+    return 2 * warpgroup + t % 2
 
 
 @gluon.jit
-def _fused_dq(t, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, BLOCK_M: gl.constexpr,
+def _fused_dq(t, head, m_block, ds_smem, k_smem, fused, q_batch, q_first, BLOCK_M: gl.constexpr,
               HEAD_DIM: gl.constexpr):
     """dQ = dS K of tile t (both warpgroups' keys), staged in shared memory and added to the fp32 dQ by two TMA
     bulk reductions (one per half of the head dims: a reduction box is at most 256 elements wide)."""
@@ -540,9 +553,9 @@ def _fused_dq(t, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, BLOCK
                                                         instr_shape=[16, HEAD_DIM, 16])
     slot = t % 2
     mbarrier.wait(ds_ready.index(slot), (t // 2) & 1)
-    dq = warpgroup_mma(pds_smem.index(_pds_slot(0, t, 1)).permute((1, 0)), k_smem.slice(0, ROWS, dim=0),
+    dq = warpgroup_mma(ds_smem.index(_ds_slot(0, t)).permute((1, 0)), k_smem.slice(0, ROWS, dim=0),
                        gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout), use_acc=False, is_async=True)
-    dq = warpgroup_mma(pds_smem.index(_pds_slot(1, t, 1)).permute((1, 0)), k_smem.slice(ROWS, ROWS, dim=0),
+    dq = warpgroup_mma(ds_smem.index(_ds_slot(1, t)).permute((1, 0)), k_smem.slice(ROWS, ROWS, dim=0),
                        dq, is_async=True)
     dq = warpgroup_mma_wait(0, deps=(dq, ))
     mbarrier.arrive(ds_free.index(slot))
@@ -556,16 +569,15 @@ def _fused_dq(t, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, BLOCK
 
 @gluon.jit
 def _dkdv_own_keys(args, WARPGROUP: gl.constexpr, meta: gl.constexpr):
-    """Key split: keys [64 WARPGROUP, 64 WARPGROUP + 64) of the CTA's 128, with all four GEMMs of every tile:
-    S^T = K Q^T and dP^T = V dO^T, P^T and dS^T into this warpgroup's shared-memory slot of the tile (two slots,
-    alternating), then dV += P^T dO and dK += dS^T Q issued with the next tile's S^T and dP^T, so the exp2 of one
-    tile runs under the other GEMMs. FUSED_DQ: once both warpgroups' dS^T of a tile are in, warpgroup 0 also adds
-    its dQ = dS K (`_fused_dq`). Stores dV and scale * dK. Arguments as one runtime and one constexpr tuple (see
-    sm90_attn_bwd_dkdv_kernel)."""
-    (k_smem, v_smem, q_smem, do_smem, pds_smem, lse_smem, delta_smem, fused, dk_desc, dv_desc, dk_ptr, dv_ptr, bars,
+    """Key split: keys [64 WARPGROUP, 64 WARPGROUP + 64) of the CTA's 128, with all four GEMMs of every tile
+    (`_own_keys_grads`); the two warpgroups' tiles overlap each other's GEMMs. FUSED_DQ: once both warpgroups'
+    dS^T of a tile are in, warpgroup 0 also adds its dQ = dS K (`_fused_dq`). Stores dV and scale * dK. Arguments
+    as one runtime and one constexpr tuple (see sm90_attn_bwd_dkdv_kernel)."""
+    (k_smem, v_smem, q_smem, do_smem, ds_smem, lse_smem, delta_smem, fused, dk_desc, dv_desc, dk_ptr, dv_ptr, bars,
      cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size,
      window_left, window_right) = args
-    BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout, acc_layout, FUSED_DQ = meta
+    (BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout, acc_layout, op_layout,
+     FUSED_DQ) = meta
     kv_ready, qdo_ready, qdo_empty = bars
     dtype: gl.constexpr = k_smem.dtype
     ROWS: gl.constexpr = k_smem.shape[0] // 2  # one wgmma M
@@ -593,52 +605,26 @@ def _dkdv_own_keys(args, WARPGROUP: gl.constexpr, meta: gl.constexpr):
     if FUSED_DQ and VARLEN:  # dQ = dS K: keys past the sequence must be zero, as TMA leaves them unpacked
         if n_start + ROWS > k_len:
             zero_rows_past(k_own, n_start, k_len, ROWS, HEAD_DIM, 4)
-    if n_tiles > 0:
-        head, m_block = _dkdv_tile_coords(0, m_first, n_m, kv_head, group_size)
-        mbarrier.wait(qdo_ready.index(0), 0)
-        s_t, dp_t = _own_keys_scores(k_own, v_own, q_smem.index(0), do_smem.index(0), st_layout, ROWS,
+    for t in range(n_tiles):
+        stage = t % STAGES
+        head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
+        mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
+        s_t, dp_t = _own_keys_scores(k_own, v_own, q_smem.index(stage), do_smem.index(stage), st_layout, ROWS,
                                       BLOCK_M)
-        _own_keys_staged(s_t, dp_t, lse_smem.index(0), delta_smem.index(0), n_start, m_block, unmasked_lo,
-                         unmasked_hi, qk_scale, softcap_scale, q_len, k_len, window_left, window_right,
-                         pds_smem.index(_pds_slot(WARPGROUP, 0, 0)), pds_smem.index(_pds_slot(WARPGROUP, 0, 1)),
-                         dtype, st_layout, ROWS, BLOCK_M,
-                         LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
+        if FUSED_DQ:  # the dQ GEMM of tile t - 2 has read this slot's dS^T
+            mbarrier.wait(ds_free.index(t % 2), ((t // 2) & 1) ^ 1)
+        dv, dk = _own_keys_grads(s_t, dp_t, dv, dk, q_smem.index(stage), do_smem.index(stage),
+                                 lse_smem.index(stage), delta_smem.index(stage), n_start, m_block, unmasked_lo,
+                                 unmasked_hi, qk_scale, softcap_scale, q_len, k_len, window_left, window_right,
+                                 ds_smem.index(_ds_slot(WARPGROUP, t)), dtype, st_layout, op_layout, ROWS, BLOCK_M,
+                                 LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, FUSED_DQ)
+        mbarrier.arrive(qdo_empty.index(stage))
         if FUSED_DQ:
-            mbarrier.arrive(ds_ready.index(0))
+            mbarrier.arrive(ds_ready.index(t % 2))
             if WARPGROUP == 0:
-                _fused_dq(0, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, BLOCK_M, HEAD_DIM)
-        prev_stage = 0
-        for t in range(1, n_tiles):
-            stage = t % STAGES
-            head, m_block = _dkdv_tile_coords(t, m_first, n_m, kv_head, group_size)
-            dv = warpgroup_mma(pds_smem.index(_pds_slot(WARPGROUP, t - 1, 0)), do_smem.index(prev_stage), dv,
-                               is_async=True)
-            dk = warpgroup_mma(pds_smem.index(_pds_slot(WARPGROUP, t - 1, 1)), q_smem.index(prev_stage), dk,
-                               is_async=True)
-            mbarrier.wait(qdo_ready.index(stage), (t // STAGES) & 1)
-            s_t, dp_t = _own_keys_scores(k_own, v_own, q_smem.index(stage), do_smem.index(stage), st_layout,
-                                          ROWS, BLOCK_M)
-            dv, dk = warpgroup_mma_wait(2, deps=(dv, dk))
-            mbarrier.arrive(qdo_empty.index(prev_stage))
-            if FUSED_DQ:  # the dQ GEMM of tile t - 2 has read this slot's dS^T
-                mbarrier.wait(ds_free.index(t % 2), ((t // 2) & 1) ^ 1)
-            _own_keys_staged(s_t, dp_t, lse_smem.index(stage), delta_smem.index(stage), n_start, m_block,
-                             unmasked_lo, unmasked_hi, qk_scale, softcap_scale, q_len, k_len, window_left,
-                             window_right, pds_smem.index(_pds_slot(WARPGROUP, t, 0)),
-                             pds_smem.index(_pds_slot(WARPGROUP, t, 1)), dtype,
-                             st_layout, ROWS, BLOCK_M, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP)
-            if FUSED_DQ:
-                mbarrier.arrive(ds_ready.index(t % 2))
-                if WARPGROUP == 0:
-                    _fused_dq(t, head, m_block, pds_smem, k_smem, fused, q_batch, q_first, BLOCK_M, HEAD_DIM)
-            prev_stage = stage
-        dv = warpgroup_mma(pds_smem.index(_pds_slot(WARPGROUP, n_tiles - 1, 0)), do_smem.index(prev_stage), dv,
-                           is_async=True)
-        dk = warpgroup_mma(pds_smem.index(_pds_slot(WARPGROUP, n_tiles - 1, 1)), q_smem.index(prev_stage), dk,
-                           is_async=True)
-        dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
-        mbarrier.arrive(qdo_empty.index(prev_stage))
-        if FUSED_DQ:  # warpgroup 0's last dQ GEMM has read these K rows
+                _fused_dq(t, head, m_block, ds_smem, k_smem, fused, q_batch, q_first, BLOCK_M, HEAD_DIM)
+    if FUSED_DQ:  # warpgroup 0's last dQ GEMM has read these K rows
+        if n_tiles > 0:
             mbarrier.wait(ds_free.index((n_tiles - 1) % 2), ((n_tiles - 1) // 2) & 1)
     # K and V are dead (no GEMM reads them any more): stage dV and dK there.
     store_tile(dv.to(dtype), k_own, dv_desc, dv_ptr, num_kv_heads * HEAD_DIM, k_batch, k_first, n_start, kv_head,
@@ -689,10 +675,10 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
         mbarrier.init(qdo_empty.index(i), count=2)  # both warpgroups release each Q/dO stage
     ring = (kv_ready, qdo_ready, qdo_empty)
     if KEY_SPLIT:
-        # P^T and dS^T of two tiles per warpgroup (slots: `_pds_slot`): the
-        # A operands of the warpgroup's dV / dK GEMMs and, with FUSED_DQ, of warpgroup 0's dQ GEMM
-        pds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N // 2, BLOCK_M], dtype)
-        pds = gl.allocate_shared_memory(dtype, [8, BLOCK_N // 2, BLOCK_M], pds_layout)
+        # dS^T of two tiles per warpgroup (slots: `_ds_slot`), the A operand of warpgroup 0's dQ GEMM (a token
+        # allocation without FUSED_DQ)
+        ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N // 2, BLOCK_M], dtype)
+        ds_smem = gl.allocate_shared_memory(dtype, [4 if FUSED_DQ else 1, BLOCK_N // 2, BLOCK_M], ds_layout)
         ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(2):
@@ -706,11 +692,11 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
         lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], vec_layout)
         delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], vec_layout)
         # a partition gets a tuple of runtime values and one of constexprs (a constexpr tuple) as one argument each
-        own_keys_args = (k_smem, v_smem, q_smem, do_smem, pds, lse_smem, delta_smem, fused, dk_desc, dv_desc, dk_ptr,
+        own_keys_args = (k_smem, v_smem, q_smem, do_smem, ds_smem, lse_smem, delta_smem, fused, dk_desc, dv_desc, dk_ptr,
                          dv_ptr, ring, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale, seqlen_q,
                          seqlen_k, num_kv_heads, group_size, window_left, window_right)
         own_keys_meta: gl.constexpr = (BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN,
-                                       st_layout, acc_layout, FUSED_DQ)
+                                       st_layout, acc_layout, op_layout, FUSED_DQ)
         gl.warp_specialize([
             (_dkdv_own_keys, (own_keys_args, 0, own_keys_meta)),
             (_dkdv_own_keys, (own_keys_args, 1, own_keys_meta)),
@@ -1122,12 +1108,12 @@ def compile_dq(cfg: Sm90BwdDqConfig, causal: bool, dtype: torch.dtype = torch.bf
 # sequences a few of their bounds (NOTES.md). `python -m flash256.inspect` fails above these.
 DQ_D256_KNOWN_SPILL_BYTES = {(True, False, False): 12, (True, True, False): 20, (False, False, True): 20,
                              (True, False, True): 36}
-# d=128 dK/dV kernel by (causal, window + soft cap, varlen, deterministic); fused unless deterministic. In the
-# fixed-length builds no spill instruction sits in a consumer's tile loop (causal: one reload per tile in the
-# producer's); causal varlen has 3 in one consumer loop and 4 in the producer's (SASS, 2026-12-02).
-DKDV_D128_KNOWN_SPILL_BYTES = {(False, False, False, False): 20, (True, False, False, False): 56,
-                               (False, False, True, False): 24, (True, False, True, False): 96,
-                               (True, False, False, True): 24}
+# d=128 dK/dV kernel by (causal, window + soft cap, varlen, deterministic); fused unless deterministic. Non-causal:
+# no spill instruction in a consumer's tile loop; causal (and causal varlen): 2 reloads and 2 stores per tile in
+# warpgroup 0's, deterministic 2 + 1 per tile in the two consumer loops (SASS, 2026-12-07).
+DKDV_D128_KNOWN_SPILL_BYTES = {(False, False, False, False): 24, (True, False, False, False): 40,
+                               (False, False, True, False): 32, (True, False, True, False): 16,
+                               (True, False, False, True): 48}
 
 
 def inspect_cases(arch: int = 90):
