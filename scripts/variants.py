@@ -23,6 +23,7 @@ import torch
 import triton
 
 import flash256
+from flash256.bench.run import rotated  # noqa: F401  (the probes' round order, as the bench's)
 from flash256.kernels import sm90_bwd, sm90_fwd
 from flash256.testing import accuracy_check, reference_results
 
@@ -30,13 +31,6 @@ SHIPPED = {"fwd": (sm90_fwd.CONFIGS, dict(sm90_fwd.CONFIGS)),
            "bwd": (sm90_bwd.DKDV_CONFIGS, dict(sm90_bwd.DKDV_CONFIGS))}
 CASES = [(256, c, s) for c in (False, True) for s in (1024, 4096, 16384)] + \
         [(d, c, 8192) for d in (128, 64) for c in (False, True)]
-
-
-def rotated(items, r):
-    """`items` starting at position r (mod its length). Interleaved timings start each round one item later: run
-    in a fixed order, the third of a round read ~3% slow at 1k-2k (an A/A/A run, NOTES.md, twenty-third session)."""
-    items = list(items)
-    return items[r % len(items):] + items[:r % len(items)]
 
 
 def patch_chain(patch):

@@ -60,6 +60,14 @@ def shapes_for(cfg: BenchConfig, headdim: int) -> list[Shape]:
             for sq, sk in zip(cfg.seqlens_q, cfg.seqlens)]
 
 
+def rotated(items, r: int) -> list:
+    """`items` starting at position r (mod its length). Interleaved timings start each round (or case) one item
+    later: run in a fixed order, the third of a round read ~3% slow at 1k-2k (an A/A/A probe, NOTES.md, twenty-third
+    session). The probes in scripts/ use it too."""
+    items = list(items)
+    return items[r % len(items):] + items[:r % len(items)]
+
+
 class Sweep:
     """Runs every cell; keeps going when a backend fails."""
 
@@ -82,9 +90,9 @@ class Sweep:
         """The backends in the order to time them for the next case: rotated by one place per case, so that no
         backend always runs first or last after the others have heated the GPU (a slot bias of ~3% was measured
         in the probes, NOTES.md)."""
-        shift = self.cases_started % len(self.backends)
+        order = rotated(self.backends, self.cases_started)
         self.cases_started += 1
-        return self.backends[shift:] + self.backends[:shift]
+        return order
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
