@@ -6,8 +6,10 @@
 The bench's shapes (2048 // d heads, batch = 32768 // seqlen, bf16) through a bench backend: BACKEND (default
 flash256, the default dispatch; also sdpa-cudnn, fa4, ...: `python -m flash256.bench --list-backends`), with
 exp2_eighths as flash256:exp2=K. Three calls: the first compiles, so profile with `--launch-skip 1 --launch-count 1`
-and a kernel-name filter; the third runs inside the NVTX range "profile", for backends whose kernel names are not
-known beforehand (`--nvtx --nvtx-include profile/ -k regex:.`: every kernel of that call).
+and a kernel-name filter; the third runs between cudaProfilerStart and cudaProfilerStop, for backends whose kernel
+names are not known beforehand (`--profile-from-start off`: every kernel of that call). Not an NVTX range: NVTX
+ranges belong to one thread, and autograd launches the backward's kernels from its own device thread, so a range
+around the call holds only the forward's kernels.
 """
 import os
 import pathlib
@@ -30,12 +32,13 @@ def main(direction, d, seqlen, causal, eighths=0, backend=None):
     forward = get_backend(f"{backend}:exp2={eighths}" if eighths else backend).build(q, k, v, shape, False)
     for call in range(3):
         if call == 2:
-            torch.cuda.nvtx.range_push("profile")
+            torch.cuda.synchronize()
+            torch.cuda.cudart().cudaProfilerStart()
         out = forward()
         if direction == "bwd":
             torch.autograd.grad(out, (q, k, v), torch.ones_like(out) * 0.01)
-    torch.cuda.nvtx.range_pop()
     torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
 
 
 if __name__ == "__main__":

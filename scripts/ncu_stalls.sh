@@ -5,7 +5,7 @@
 #   bash scripts/ncu_stalls.sh NAME KERNEL_REGEX fwd|bwd HEAD_DIM SEQLEN CAUSAL [EXP2_EIGHTHS]
 #   e.g. bash scripts/ncu_stalls.sh dkdv256 dkdv bwd 256 16384 0
 # Another backend (ncu_probe.py's BACKEND), every kernel of its third call (KERNEL_REGEX unused):
-#   BACKEND=fa4 NCU_SELECT="--nvtx --nvtx-include profile/ --launch-count 8" bash scripts/ncu_stalls.sh fa4 . bwd 128 8192 0
+#   BACKEND=fa4 NCU_SELECT="--profile-from-start off --launch-count 16" bash scripts/ncu_stalls.sh fa4 . bwd 128 8192 0
 # Addresses in the listing are absolute: subtract the kernel's base (match an instruction against a
 # `flash256.inspect`-style SASS dump) to find it in the code.
 set -uo pipefail
