@@ -16,8 +16,14 @@ METRICS = {
     "smem pipe %": "l1tex__data_pipe_lsu_wavefronts_mem_shared.sum.pct_of_peak_sustained_elapsed",
     "issue %": "Issue Slots Busy",
     "L2 hit %": "L2 Hit Rate",
+    "regs": "Registers Per Thread",  # LaunchStats section
+    "smem KB": "Dynamic Shared Memory Per Block",
 }
-HEADER = re.compile(r"^  (\S.*?) \(\d+, \d+, \d+\)x\(\d+, \d+, \d+\), Context")
+HEADER = re.compile(r"^  (\S.*?) \((\d+), (\d+), (\d+)\)x\((\d+), \d+, \d+\), Context")
+# column: {the unit the page prints: factor to the column's unit}
+UNITS = {"ms": {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3},
+         "Mcycles": {"cycle": 1e-6, "Kcycle": 1e-3, "Mcycle": 1.0},
+         "smem KB": {"byte/block": 1e-3, "Kbyte/block": 1.0, "Mbyte/block": 1e3}}
 
 
 def kernels(text):
@@ -26,7 +32,8 @@ def kernels(text):
     for line in text.splitlines():
         header = HEADER.match(line)
         if header:
-            rows.append((header.group(1), {}))
+            grid = int(header.group(2)) * int(header.group(3)) * int(header.group(4))
+            rows.append((header.group(1), {"grid": grid, "threads": int(header.group(5))}))
             continue
         if not rows:
             continue
@@ -39,14 +46,17 @@ def kernels(text):
                     number = float(value)
                 except ValueError:
                     continue
-                rows[-1][1][column] = number / 1e6 if column == "Mcycles" else number
+                if column in UNITS:
+                    number *= UNITS[column].get(fields[-2], float("nan"))
+                rows[-1][1][column] = number
     return rows
 
 
 def table(rows):
-    lines = ["| kernel | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    columns = ["grid", "threads", *METRICS]
+    lines = ["| kernel | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, values in rows:
-        cells = [f"{values[c]:g}" if c in values else "" for c in METRICS]
+        cells = [f"{values[c]:g}" if c in values else "" for c in columns]
         lines.append(f"| {name[:60]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -14,7 +14,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 name=$1 regex=$2; shift 2
 DETAILS="Duration|SM Frequency|SM: Pipe|SM: Inst Executed Pipe|SM: Issue|Issue Slots|Ipc|Stall"
 DETAILS+="|Memory Throughput|Max Bandwidth|Mem Busy|L2 Hit|L1/TEX Hit|DRAM Throughput"
-timeout 150 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SourceCounters \
+timeout 150 ncu --clock-control none --section SpeedOfLight --section LaunchStats --section WarpStateStats --section SourceCounters \
     --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
     ${NCU_SELECT:--k "regex:$regex" --launch-skip 1 --launch-count 1} -f -o "$TMP/$name" \
     python3 scripts/ncu_probe.py "$@" > "$TMP/$name.log" 2>&1 || tail -5 "$TMP/$name.log"

@@ -202,7 +202,8 @@ def test_bwd_probe_options_in_any_order_and_never_as_a_variant(monkeypatch):
 
 def test_ncu_kernels_one_row_per_kernel():
     """ncu_kernels.py reads each kernel's section of a details page into its own row (a kernel without a metric
-    leaves that cell empty, never the previous kernel's value)."""
+    leaves that cell empty, never the previous kernel's value), with its grid and block from the header and
+    durations and shared memory converted from the unit the page prints."""
     tool = _script("ncu_kernels")
     page = textwrap.dedent("""\
         [523] python3.12@127.0.0.1
@@ -213,16 +214,20 @@ def test_ncu_kernels_one_row_per_kernel():
             SM: Pipe Tensor Cycles Active                                                       %        58.78
             Issue Slots Busy                 %        20.95
             l1tex__data_pipe_lsu_wavefronts_mem_shared.sum.pct_of_peak_sustained_elapsed      %         75.54
+            Registers Per Thread             register/thread             168
+            Dynamic Shared Memory Per Block       Kbyte/block          229.38
           cudnn_generated_sdpa_bprop (132, 1, 1)x(384, 1, 1), Context 1, Stream 7, Device 0, CC 9.0
             SM Frequency                    Ghz          1.65
-            Duration                         ms          8.50
+            Duration                         us        850.00
+            Dynamic Shared Memory Per Block        byte/block          512
         """)
     rows = tool.kernels(page)
     assert [name for name, _ in rows] == ["sm90_attn_bwd_dkdv_kernel", "cudnn_generated_sdpa_bprop"]
-    assert rows[0][1] == {"GHz": 1.87, "Mcycles": 17.441817, "ms": 9.28, "tensor %": 58.78, "issue %": 20.95,
-                          "smem pipe %": 75.54}
-    assert rows[1][1] == {"GHz": 1.65, "ms": 8.5}
-    assert "| cudnn_generated_sdpa_bprop | 8.5 | 1.65 |  |" in tool.table(rows)
+    assert rows[0][1] == {"grid": 4096, "threads": 384, "GHz": 1.87, "Mcycles": 17.441817, "ms": 9.28,
+                          "tensor %": 58.78, "issue %": 20.95, "smem pipe %": 75.54, "regs": 168,
+                          "smem KB": 229.38}
+    assert rows[1][1] == {"grid": 132, "threads": 384, "GHz": 1.65, "ms": 0.85, "smem KB": 0.512}
+    assert "| cudnn_generated_sdpa_bprop | 132 | 384 | 0.85 | 1.65 |  |" in tool.table(rows)
 
 
 def test_ncu_source_top_shared_wavefronts_by_instruction_kind():
