@@ -25,8 +25,9 @@ tile's four GEMMs in one of two ways (Sm90BwdDkdvConfig.key_split):
     GEMMs, and the Q/dO tiles are shared: every streamed byte feeds 128 keys, half the traffic per GEMM.
     P^T and dS^T stay in registers as the A operands of dV and dK (RS), each warpgroup taking a tile from its
     S^T to its dK before the next (the producer stages each tile's lse and delta in shared memory). dS^T also
-    goes to shared memory, where warpgroup 0 computes the tile's dQ = dS K from both warpgroups' dS^T as one
-    128-key GEMM pair (fused_dq): 5 GEMMs per tile instead of the two kernels' 7.
+    goes to shared memory for the tile's dQ = dS K over both warpgroups' keys (fused_dq): 5 GEMMs per tile instead
+    of the two kernels' 7. At d=128 each warpgroup computes half of dQ's head dims (dq_halves), at d=64
+    warpgroup 0 all of it.
 Either way one warpgroup's elementwise work overlaps the other's GEMMs.
 
 dQ kernel: one CTA per (128-query block, batch, head): one 8-warp consumer partition (two warpgroups,
@@ -96,6 +97,10 @@ class Sm90BwdDkdvConfig(WarpSpecializedResources):
     # shared memory) and added to an fp32 dQ with TMA bulk reductions: no dQ kernel, 5 GEMMs instead of 7.
     # deterministic=True runs the same kernel without it, then the dQ kernel.
     fused_dq: bool = False
+    # fused dQ split by head-dim halves: each warpgroup computes and reduces half of dQ's columns, issued between
+    # its dV and dK (flash-attn-4's AtomLayoutMdQ=1 and order). Otherwise warpgroup 0 does the whole dQ after its
+    # tile. Measured (H100, NOTES.md twenty-sixth session): d=128 +3-5% non-causal, level causal; d=64 -3..-5%.
+    dq_halves: bool = False
     block_m: int = 64
     consumer_regs: int = 240
     producer_regs: int = 24
@@ -156,13 +161,15 @@ class Sm90BwdDkdvConfig(WarpSpecializedResources):
     def describe(self) -> str:
         return (f"dkdv_d{self.head_dim}_n{self.block_n}_m{self.block_m}_s{self.qdo_stages}_p{self.p_buffers}"
                 f"{'_keysplit' if self.key_split else ''}"
-                f"{'_fuseddq' if self.fused_dq else ''} smem={self.smem_total}B (KV {self.smem_kv} + QdO "
+                f"{'_fuseddq' if self.fused_dq else ''}{'_dqhalves' if self.dq_halves else ''}"
+                f" smem={self.smem_total}B (KV {self.smem_kv} + QdO "
                 f"{self.smem_qdo} + P {self.smem_p} + stats {self.smem_stats} + dQ {self.smem_dq}) "
                 f"regs/thread acc={self.regs_acc} S={self.regs_s} op={self.regs_operand}")
 
     def check(self) -> None:
         assert (self.p_buffers == 0) == self.key_split, self.describe()
         assert self.key_split or not self.fused_dq, self.describe()
+        assert self.fused_dq or not self.dq_halves, self.describe()
         self.check_resources()
         # live in a consumer's inner loop: accumulators + S^T/dP^T + the operands + slack (addresses; holding
         # the previous tile's P^T/dS^T operands across the next S^T/dP^T, 224 of 240 at d=128, serialised the
@@ -229,8 +236,8 @@ class Sm90BwdDqConfig(WarpSpecializedResources):
 DKDV_D256 = Sm90BwdDkdvConfig(head_dim=256, qdo_stages=2, p_buffers=2)
 # d=128, key split, fused dQ: K + V 64 KB (128 keys), 2 stages x 32 KB (64-row Q/dO tiles), dS^T slots
 # 32 KB, lse/delta 1 KB, dQ staging 32 KB = 193 KB (a third stage fits, and spills: NOTES.md). Registers dK + dV
-# 128 + S^T + dP^T 64 = 192 of 240; the dQ accumulator (64 more, warpgroup 0) lives between tiles.
-DKDV_D128 = Sm90BwdDkdvConfig(head_dim=128, qdo_stages=2, key_split=True, fused_dq=True)
+# 128 + S^T + dP^T 64 = 192 of 240; each warpgroup's dQ half (32 more) lives while P^T and dS^T are operands.
+DKDV_D128 = Sm90BwdDkdvConfig(head_dim=128, qdo_stages=2, key_split=True, fused_dq=True, dq_halves=True)
 # d=64, key split, fused dQ: K + V 32 KB, 4 stages x 16 KB, dS^T 32 KB, lse/delta 2 KB, dQ 16 KB = 146 KB.
 # Registers 64 + 64 + 32 (dQ 32).
 DKDV_D64 = Sm90BwdDkdvConfig(head_dim=64, qdo_stages=4, key_split=True, fused_dq=True)
@@ -509,14 +516,18 @@ def _own_keys_scores(k_own, v_own, q_buf, do_buf, st_layout: gl.constexpr, ROWS:
 
 @gluon.jit
 def _own_keys_grads(s_t, dp_t, dv, dk, q_buf, do_buf, lse_buf, delta_buf, n_start, m_block, unmasked_lo,
-                    unmasked_hi, qk_scale, softcap_scale, q_len, k_len, window_left, window_right, ds_buf,
+                    unmasked_hi, qk_scale, softcap_scale, q_len, k_len, window_left, window_right, ds_buf, ds_smem,
+                    k_smem, fused, t, head, q_batch, q_first, WARPGROUP: gl.constexpr,
                     dtype: gl.constexpr, st_layout: gl.constexpr, op_layout: gl.constexpr, ROWS: gl.constexpr,
-                    BLOCK_M: gl.constexpr, LEFT_BOUNDED: gl.constexpr, RIGHT_BOUNDED: gl.constexpr,
-                    SOFTCAP: gl.constexpr, FUSED_DQ: gl.constexpr):
+                    BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr, LEFT_BOUNDED: gl.constexpr,
+                    RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr, FUSED_DQ: gl.constexpr,
+                    DQ_HALVES: gl.constexpr):
     """Key split, one tile once its S^T and dP^T are issued: P^T and dS^T stay in registers as the A operands of
-    dV += P^T dO (issued once dS^T is out) and dK += dS^T Q (RS: neither goes through shared
-    memory, whose bandwidth the SS form spent 12% of on them, NOTES.md). With FUSED_DQ dS^T also goes to ds_buf
-    for warpgroup 0's dQ GEMM. Returns once both GEMMs are done: the tile's Q/dO stage is free."""
+    dV += P^T dO (issued once dS^T is out) and dK += dS^T Q (RS: neither goes through shared memory, whose
+    bandwidth the SS form spent 12% of on them, NOTES.md). With FUSED_DQ dS^T also goes to shared memory for the
+    dQ GEMM: with DQ_HALVES this warpgroup's half of the head dims of dQ = dS K is issued between dV and dK and
+    staged while dK runs (flash-attn-4's order); without, warpgroup 0 does the whole dQ after the tile
+    (`_fused_dq`). Returns once all GEMMs are done: the tile's Q/dO stage is free."""
     col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
     s_t = warpgroup_mma_wait(1, deps=(s_t, ))
     p_t, p_grad = _probabilities_t(s_t, lse_buf.load(col_layout), n_start, m_block, unmasked_lo, unmasked_hi,
@@ -526,11 +537,25 @@ def _own_keys_grads(s_t, dp_t, dv, dk, q_buf, do_buf, lse_buf, delta_buf, n_star
     dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
     ds_t = (p_grad * (dp_t - delta_buf.load(col_layout)[None, :])).to(dtype)
     dv = warpgroup_mma(p_op, do_buf, dv, is_async=True)
-    if FUSED_DQ:
-        ds_buf.store(ds_t)
+    if FUSED_DQ and DQ_HALVES:
+        ds_ready, ds_free, dq_stage, dq_desc = fused
+        HALF_D: gl.constexpr = HEAD_DIM // 2
+        ds_op = gl.convert_layout(ds_t, op_layout)
+        ds_smem.index(_ds_slot(WARPGROUP, t)).store(ds_t)  # (not ds_buf: other, unmeasured d=128 machine code)
         fence_async_shared()
-    ds_op = gl.convert_layout(ds_t, op_layout)
-    dk = warpgroup_mma(ds_op, q_buf, dk, is_async=True)
+        mbarrier.arrive(ds_ready.index(t % 2))
+        dq = _issue_dq(t, ds_smem, k_smem.slice(WARPGROUP * HALF_D, HALF_D, dim=1), ds_ready, BLOCK_M)
+        dk = warpgroup_mma(ds_op, q_buf, dk, is_async=True)
+        dv, dq, p_op = warpgroup_mma_wait(1, deps=(dv, dq, p_op))
+        mbarrier.arrive(ds_free.index(t % 2))
+        _reduce_dq(dq, dq_stage.slice(WARPGROUP * HALF_D, HALF_D, dim=1), dq_desc, q_batch,
+                   q_first + m_block * BLOCK_M, head, WARPGROUP * HALF_D)
+    else:
+        if FUSED_DQ:
+            ds_buf.store(ds_t)
+            fence_async_shared()
+        ds_op = gl.convert_layout(ds_t, op_layout)
+        dk = warpgroup_mma(ds_op, q_buf, dk, is_async=True)
     dv, dk, p_op, ds_op = warpgroup_mma_wait(0, deps=(dv, dk, p_op, ds_op))
     return dv, dk
 
@@ -542,10 +567,35 @@ def _ds_slot(warpgroup, t):
 
 
 @gluon.jit
+def _issue_dq(t, ds_smem, k_cols, ds_ready, BLOCK_M: gl.constexpr):
+    """DQ_HALVES: issue dQ = dS K of tile t over both warpgroups' keys, for the head-dim columns of k_cols (this
+    warpgroup's half of K), once both dS^T of the tile are in."""
+    ROWS: gl.constexpr = k_cols.shape[0] // 2
+    COLS: gl.constexpr = k_cols.shape[1]
+    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, COLS, 16])
+    mbarrier.wait(ds_ready.index(t % 2), (t // 2) & 1)
+    dq = warpgroup_mma(ds_smem.index(_ds_slot(0, t)).permute((1, 0)), k_cols.slice(0, ROWS, dim=0),
+                       gl.zeros([BLOCK_M, COLS], gl.float32, dq_layout), use_acc=False, is_async=True)
+    return warpgroup_mma(ds_smem.index(_ds_slot(1, t)).permute((1, 0)), k_cols.slice(ROWS, ROWS, dim=0),
+                         dq, is_async=True)
+
+
+@gluon.jit
+def _reduce_dq(dq, stage_cols, dq_desc, q_batch, row, head, col):
+    """DQ_HALVES: stage this warpgroup's half of a tile's dQ (head-dim columns from col) in its half of the buffer
+    and add it to the fp32 dQ with one TMA bulk reduction."""
+    tma.store_wait(0)  # this warpgroup's reduction of the previous tile has read its half of the buffer
+    stage_cols.store(dq)
+    fence_async_shared()
+    tma_reduce_add(dq_desc, [q_batch, row, head, col], stage_cols)
+
+
+@gluon.jit
 def _fused_dq(t, head, m_block, ds_smem, k_smem, fused, q_batch, q_first, BLOCK_M: gl.constexpr,
               HEAD_DIM: gl.constexpr):
-    """dQ = dS K of tile t (both warpgroups' keys), staged in shared memory and added to the fp32 dQ by two TMA
-    bulk reductions (one per half of the head dims: a reduction box is at most 256 elements wide)."""
+    """Warpgroup 0 without DQ_HALVES: the whole dQ = dS K of tile t, after its own tile, in two reductions. (Not
+    written with `_issue_dq` / `_reduce_dq`: that form compiles to other d=64 machine code than the one measured.)"""
     ds_ready, ds_free, dq_stage, dq_desc = fused
     ROWS: gl.constexpr = k_smem.shape[0] // 2
     HALF_D: gl.constexpr = HEAD_DIM // 2
@@ -571,13 +621,14 @@ def _fused_dq(t, head, m_block, ds_smem, k_smem, fused, q_batch, q_first, BLOCK_
 def _dkdv_own_keys(args, WARPGROUP: gl.constexpr, meta: gl.constexpr):
     """Key split: keys [64 WARPGROUP, 64 WARPGROUP + 64) of the CTA's 128, with all four GEMMs of every tile
     (`_own_keys_grads`); the two warpgroups' tiles overlap each other's GEMMs. FUSED_DQ: once both warpgroups'
-    dS^T of a tile are in, warpgroup 0 also adds its dQ = dS K (`_fused_dq`). Stores dV and scale * dK. Arguments
-    as one runtime and one constexpr tuple (see sm90_attn_bwd_dkdv_kernel)."""
+    dS^T of a tile are in, the tile's dQ = dS K is added too: by both warpgroups, a head-dim half each, inside
+    `_own_keys_grads` with DQ_HALVES, by warpgroup 0 after the tile without (`_fused_dq`). Stores dV and
+    scale * dK. Arguments as one runtime and one constexpr tuple (see sm90_attn_bwd_dkdv_kernel)."""
     (k_smem, v_smem, q_smem, do_smem, ds_smem, lse_smem, delta_smem, fused, dk_desc, dv_desc, dk_ptr, dv_ptr, bars,
      cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale, seqlen_q, seqlen_k, num_kv_heads, group_size,
      window_left, window_right) = args
     (BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN, st_layout, acc_layout, op_layout,
-     FUSED_DQ) = meta
+     FUSED_DQ, DQ_HALVES) = meta
     kv_ready, qdo_ready, qdo_empty = bars
     dtype: gl.constexpr = k_smem.dtype
     ROWS: gl.constexpr = k_smem.shape[0] // 2  # one wgmma M
@@ -616,14 +667,16 @@ def _dkdv_own_keys(args, WARPGROUP: gl.constexpr, meta: gl.constexpr):
         dv, dk = _own_keys_grads(s_t, dp_t, dv, dk, q_smem.index(stage), do_smem.index(stage),
                                  lse_smem.index(stage), delta_smem.index(stage), n_start, m_block, unmasked_lo,
                                  unmasked_hi, qk_scale, softcap_scale, q_len, k_len, window_left, window_right,
-                                 ds_smem.index(_ds_slot(WARPGROUP, t)), dtype, st_layout, op_layout, ROWS, BLOCK_M,
-                                 LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, FUSED_DQ)
+                                 ds_smem.index(_ds_slot(WARPGROUP, t)), ds_smem, k_smem, fused, t, head, q_batch,
+                                 q_first, WARPGROUP, dtype, st_layout,
+                                 op_layout, ROWS, BLOCK_M, HEAD_DIM, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, FUSED_DQ,
+                                 DQ_HALVES)
         mbarrier.arrive(qdo_empty.index(stage))
-        if FUSED_DQ:
+        if FUSED_DQ and not DQ_HALVES:
             mbarrier.arrive(ds_ready.index(t % 2))
             if WARPGROUP == 0:
                 _fused_dq(t, head, m_block, ds_smem, k_smem, fused, q_batch, q_first, BLOCK_M, HEAD_DIM)
-    if FUSED_DQ:  # warpgroup 0's last dQ GEMM has read these K rows
+    if FUSED_DQ:  # the last dQ GEMM (both warpgroups' with DQ_HALVES) has read these K rows
         if n_tiles > 0:
             mbarrier.wait(ds_free.index((n_tiles - 1) % 2), ((n_tiles - 1) // 2) & 1)
     # K and V are dead (no GEMM reads them any more): stage dV and dK there.
@@ -646,7 +699,7 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
                               RIGHT_BOUNDED: gl.constexpr, SOFTCAP: gl.constexpr,
                               CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
                               KEY_SPLIT: gl.constexpr, VARLEN: gl.constexpr,
-                              FUSED_DQ: gl.constexpr):
+                              FUSED_DQ: gl.constexpr, DQ_HALVES: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
     # the consumers' wgmma layouts (every wgmma here has 64 rows: one warpgroup's keys): S^T and dP^T
     # (64 x BLOCK_M), the dK / dV accumulators (64 x HEAD_DIM), P^T and dS^T as their A operand
@@ -675,7 +728,7 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
         mbarrier.init(qdo_empty.index(i), count=2)  # both warpgroups release each Q/dO stage
     ring = (kv_ready, qdo_ready, qdo_empty)
     if KEY_SPLIT:
-        # dS^T of two tiles per warpgroup (slots: `_ds_slot`), the A operand of warpgroup 0's dQ GEMM (a token
+        # dS^T of two tiles per warpgroup (slots: `_ds_slot`), the A operand of the dQ GEMMs (a token
         # allocation without FUSED_DQ)
         ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N // 2, BLOCK_M], dtype)
         ds_smem = gl.allocate_shared_memory(dtype, [4 if FUSED_DQ else 1, BLOCK_N // 2, BLOCK_M], ds_layout)
@@ -683,7 +736,7 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
         ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(2):
             mbarrier.init(ds_ready.index(i), count=2)  # both warpgroups' dS^T of the tile are in
-            mbarrier.init(ds_free.index(i), count=1)  # warpgroup 0's dQ GEMM has read them
+            mbarrier.init(ds_free.index(i), count=2 if DQ_HALVES else 1)  # the tile's dQ GEMMs have read them
         # one tile's fp32 dQ, staged for its TMA reductions (a token allocation without FUSED_DQ)
         dq_stage_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM // 2], gl.float32)
         dq_stage = gl.allocate_shared_memory(gl.float32, [BLOCK_M, HEAD_DIM if FUSED_DQ else 8], dq_stage_layout)
@@ -696,7 +749,7 @@ def sm90_attn_bwd_dkdv_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,
                          dv_ptr, ring, cu_seqlens_q, cu_seqlens_k, softmax_scale, qk_scale, softcap_scale, seqlen_q,
                          seqlen_k, num_kv_heads, group_size, window_left, window_right)
         own_keys_meta: gl.constexpr = (BLOCK_M, HEAD_DIM, STAGES, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, VARLEN,
-                                       st_layout, acc_layout, op_layout, FUSED_DQ)
+                                       st_layout, acc_layout, op_layout, FUSED_DQ, DQ_HALVES)
         gl.warp_specialize([
             (_dkdv_own_keys, (own_keys_args, 0, own_keys_meta)),
             (_dkdv_own_keys, (own_keys_args, 1, own_keys_meta)),
@@ -1018,7 +1071,7 @@ def sm90_backward(dout, q, k, v, out, lse, dlse, args):
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim, STAGES=cfg.qdo_stages,
         P_BUFFERS=cfg.p_buffers, SOFTCAP=args.softcap > 0, **mask_flags, CONSUMER_REGS=cfg.consumer_regs,
         PRODUCER_REGS=cfg.producer_regs, KEY_SPLIT=cfg.key_split, VARLEN=varlen,
-        FUSED_DQ=fused_dq, num_warps=4, maxnreg=cfg.launch_maxnreg)
+        FUSED_DQ=fused_dq, DQ_HALVES=fused_dq and cfg.dq_halves, num_warps=4, maxnreg=cfg.launch_maxnreg)
 
     cfg = DQ_CONFIGS[head_dim]
     if fused_dq:
@@ -1081,11 +1134,11 @@ def compile_dkdv(cfg: Sm90BwdDkdvConfig, causal: bool, dtype: torch.dtype = torc
                                  v_desc=cfg.block_n, do_desc=cfg.block_m, dk_desc=WARPGROUP_ROWS,
                                  dv_desc=WARPGROUP_ROWS), dk_ptr=out_ptr, dv_ptr=out_ptr,
                      dq_desc=_dq_accum_desc_type(cfg), num_kv_heads="i32", **_SCALARS)
+    fused = fuses_dq(cfg, deterministic, left_bounded, softcap)
     constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=cfg.head_dim, STAGES=cfg.qdo_stages,
                       P_BUFFERS=cfg.p_buffers, LEFT_BOUNDED=left_bounded, RIGHT_BOUNDED=bool(causal),
                       SOFTCAP=softcap, CONSUMER_REGS=cfg.consumer_regs, PRODUCER_REGS=cfg.producer_regs,
-                      KEY_SPLIT=cfg.key_split, VARLEN=varlen,
-                      FUSED_DQ=fuses_dq(cfg, deterministic, left_bounded, softcap))
+                      KEY_SPLIT=cfg.key_split, VARLEN=varlen, FUSED_DQ=fused, DQ_HALVES=fused and cfg.dq_halves)
     return compile_gluon(sm90_attn_bwd_dkdv_kernel, signature, constexprs, arch=arch, num_warps=4,
                          maxnreg=cfg.launch_maxnreg)
 
@@ -1108,12 +1161,10 @@ def compile_dq(cfg: Sm90BwdDqConfig, causal: bool, dtype: torch.dtype = torch.bf
 # sequences a few of their bounds (NOTES.md). `python -m flash256.inspect` fails above these.
 DQ_D256_KNOWN_SPILL_BYTES = {(True, False, False): 12, (True, True, False): 20, (False, False, True): 20,
                              (True, False, True): 36}
-# d=128 dK/dV kernel by (causal, window + soft cap, varlen, deterministic); fused unless deterministic. Non-causal:
-# no spill instruction in a consumer's tile loop; causal (and causal varlen): 2 reloads and 2 stores per tile in
-# warpgroup 0's, deterministic 2 + 1 per tile in the two consumer loops (SASS, 2026-12-07).
-DKDV_D128_KNOWN_SPILL_BYTES = {(False, False, False, False): 24, (True, False, False, False): 40,
-                               (False, False, True, False): 32, (True, False, True, False): 16,
-                               (True, False, False, True): 48}
+# d=128 dK/dV kernel by (causal, window + soft cap, varlen, deterministic); fused unless deterministic. The fused
+# builds (dQ halves) spill nothing; deterministic: 2 + 1 spill instructions per tile in the two consumer loops
+# (SASS, 2026-12-07).
+DKDV_D128_KNOWN_SPILL_BYTES = {(True, False, False, True): 48}
 
 
 def inspect_cases(arch: int = 90):
@@ -1143,7 +1194,7 @@ def inspect_cases(arch: int = 90):
             add("sm90_bwd_dq", dq_cfg, what, lambda c=dq_cfg, kw=kwargs: compile_dq(c, **kw),
                 dq_spills.get((causal, window, varlen), 0))
         if dkdv_cfg.fused_dq:  # labelled as built: without the dQ part and its staging buffer
-            unfused = replace(dkdv_cfg, fused_dq=False)
+            unfused = replace(dkdv_cfg, fused_dq=False, dq_halves=False)
             add("sm90_bwd_dkdv", unfused, "causal=True deterministic",
                 lambda c=unfused: compile_dkdv(c, True, deterministic=True),
                 dkdv_spills.get((True, False, False, True), 0))
