@@ -668,9 +668,8 @@ def _dkdv_own_keys(args, WARPGROUP: gl.constexpr, meta: gl.constexpr):
                                  lse_smem.index(stage), delta_smem.index(stage), n_start, m_block, unmasked_lo,
                                  unmasked_hi, qk_scale, softcap_scale, q_len, k_len, window_left, window_right,
                                  ds_smem.index(_ds_slot(WARPGROUP, t)), ds_smem, k_smem, fused, t, head, q_batch,
-                                 q_first, WARPGROUP, dtype, st_layout,
-                                 op_layout, ROWS, BLOCK_M, HEAD_DIM, LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, FUSED_DQ,
-                                 DQ_HALVES)
+                                 q_first, WARPGROUP, dtype, st_layout, op_layout, ROWS, BLOCK_M, HEAD_DIM,
+                                 LEFT_BOUNDED, RIGHT_BOUNDED, SOFTCAP, FUSED_DQ, DQ_HALVES)
         mbarrier.arrive(qdo_empty.index(stage))
         if FUSED_DQ and not DQ_HALVES:
             mbarrier.arrive(ds_ready.index(t % 2))
