@@ -155,6 +155,26 @@ def test_compile_serialised_wgmma_is_a_problem():
 
 
 @compiles
+def test_compile_d128_backward_splits_dq_into_head_dim_halves():
+    """The d=128 fused dK/dV kernel (dq_halves) gives each warpgroup an m64n64 dQ GEMM pair over half the head
+    dims (8 more HGMMA.64x64x16 per warpgroup) instead of warpgroup 0's m64n128 pair (8 HGMMA.64x128x16), and
+    spills nothing; without it the same kernel is the d=64 form (warpgroup 0's whole dQ)."""
+    from collections import Counter
+    from dataclasses import replace
+
+    from flash256.kernels.compile_target import dump_sass
+    from flash256.kernels.sm90_bwd import DKDV_D64, DKDV_D128, compile_dkdv
+    assert DKDV_D128.dq_halves and not DKDV_D64.dq_halves
+
+    def shapes(cfg):
+        return Counter(re.findall(r"HGMMA\.(64x\d+x16)", dump_sass(compile_dkdv(cfg, False))))
+    halves, whole = shapes(DKDV_D128), shapes(replace(DKDV_D128, dq_halves=False))
+    assert halves == {"64x64x16": 48, "64x128x16": 16}, halves  # S^T, dP^T, dQ halves | dV, dK
+    assert whole == {"64x64x16": 32, "64x128x16": 24}, whole  # S^T, dP^T | dV, dK, dQ
+    assert sass_stats(compile_dkdv(DKDV_D128, True))["spill_bytes"] == 0
+
+
+@compiles
 def test_compile_global_load_waits_inside_a_wgmma_issue():
     """load_waits_in_wgmma_issue (inspect's LDG|MMA) counts loop instructions that wait on a global load while a
     wgmma group is being issued. The shipped d=256 dK/dV kernel has one: warpgroup 0 scales its lse loads between
