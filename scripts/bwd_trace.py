@@ -16,8 +16,9 @@ patch whose first line `on top of: <the variant's patch>` chains the two (script
 --dim 128 or 64 traces the key-split kernel instead (scripts/patches/sm90_bwd_probe_trace_keysplit.patch, on top of
 the same patch; 2048 // d heads): each warpgroup's wait for its Q/dO tile, its tile up to dS^T stored and dV/dK
 done, warpgroup 0's fused dQ (the wait for warpgroup 1's dS^T, the GEMM, the staged reductions), the rest of each
-period, and how far warpgroup 1 runs ahead. The stamps cost registers there (the d=128 build spills ~80 B against
-the shipped 24-40 B), so each case is also timed with and without them.
+period, and how far warpgroup 1 runs ahead. At d=128 each warpgroup's dQ half runs inside its tile step
+(dq_halves), so the dQ row reads 0 there. The stamps cost registers (the d=128 build spills 48-312 B against the
+shipped none), so each case is also timed with and without them.
 """
 import os
 import pathlib

@@ -10,7 +10,8 @@ timeout 120 python3 scripts/host_overhead.py > "$OUT/host.txt" 2>&1
 echo "host overhead: $((SECONDS - start)) s"
 timeout 330 python3 -m pytest -q -n 14 -p no:benchmark tests 2>&1 | tail -30 > "$OUT/pytest.txt"
 echo "pytest: $((SECONDS - start)) s"
-python3 -m flash256.bench ${PASSES:---fwd --bwd} --headdim "${HEADDIMS:-256}" --seqlen "${SEQLENS:-1k,2k,4k,8k,16k,32k}" --causal both --backend flash256,sdpa-cudnn \
+python3 -m flash256.bench ${PASSES:---fwd --bwd} --headdim "${HEADDIMS:-256}" \
+    --seqlen "${SEQLENS:-1k,2k,4k,8k,16k,32k}" --causal both --backend flash256,sdpa-cudnn \
     --check first --time-budget $((${DEADLINE_S:-560} - SECONDS + start)) --json "$OUT/bench.json" \
     --markdown "$OUT/bench.md" > "$OUT/bench.txt" 2>&1
 echo "total: $((SECONDS - start)) s"

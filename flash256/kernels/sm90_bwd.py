@@ -93,8 +93,8 @@ class Sm90BwdDkdvConfig(WarpSpecializedResources):
     qdo_stages: int  # depth of the Q/dO ring (one stage = a Q tile + a dO tile)
     p_buffers: int = 0  # depth of the fp32 P^T exchange ring between the two warpgroups (GEMM split only)
     key_split: bool = False
-    # key split, d <= 128: dQ = dS K of every tile computed here too (by warpgroup 0, from both warpgroups' dS^T in
-    # shared memory) and added to an fp32 dQ with TMA bulk reductions: no dQ kernel, 5 GEMMs instead of 7.
+    # key split, d <= 128: dQ = dS K of every tile computed here too (from both warpgroups' dS^T in shared memory)
+    # and added to an fp32 dQ with TMA bulk reductions: no dQ kernel, 5 GEMMs instead of 7.
     # deterministic=True runs the same kernel without it, then the dQ kernel.
     fused_dq: bool = False
     # fused dQ split by head-dim halves: each warpgroup computes and reduces half of dQ's columns, issued between
